@@ -1,0 +1,15 @@
+using System.CommandLine;
+using MergeCluster.Cli;
+using MergeCluster.Cli.Commands;
+
+var root = new RootCommand("MergeCluster: exact N-way merges of diffusion-model checkpoints, on one machine or a cluster.");
+foreach (var command in new[]
+{
+    InspectCommand.Create(),
+    SynthCommand.Create(),
+})
+{
+    root.Subcommands.Add(command);
+}
+
+return await CliRunner.InvokeAsync(root, args);

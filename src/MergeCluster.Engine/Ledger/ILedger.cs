@@ -1,0 +1,81 @@
+namespace MergeCluster.Engine.Ledger;
+
+/// <summary>
+/// The durable record of a cluster: membership, jobs, tasks and their leases.
+/// PostgreSQL in a cluster, memory (or SQLite) in the embedded default; the coordinator and the silos
+/// speak only to this seam, so one engine runs in both.
+/// </summary>
+public interface ILedger : IAsyncDisposable
+{
+    // ---- membership ----
+    Task RegisterSiloAsync(SiloRecord silo, CancellationToken ct);
+    Task HeartbeatAsync(string silo, CancellationToken ct);
+    Task DeregisterSiloAsync(string silo, CancellationToken ct);
+    /// <summary>Silos whose heartbeat is newer than <paramref name="within"/>.</summary>
+    Task<IReadOnlyList<SiloRecord>> LiveSilosAsync(TimeSpan within, CancellationToken ct);
+
+    // ---- jobs ----
+    /// <summary>Queues a job; returns its id. The coordinator plans its tasks later.</summary>
+    Task<long> SubmitJobAsync(JobSubmission job, CancellationToken ct);
+    Task<JobRecord?> GetJobAsync(long jobId, CancellationToken ct);
+    Task<IReadOnlyList<JobRecord>> ListJobsAsync(int limit, CancellationToken ct);
+    /// <summary>Marks a job cancelled; its pending tasks are never claimed again.</summary>
+    Task<bool> CancelJobAsync(long jobId, CancellationToken ct);
+
+    /// <summary>
+    /// Takes the coordinator lease of some unfinished job whose lease is free or expired, so exactly one
+    /// coordinator acts for a job at a time. Returns null when there is none.
+    /// </summary>
+    Task<JobRecord?> TryAcquireCoordinatorAsync(string silo, TimeSpan lease, CancellationToken ct);
+    /// <summary>Extends the coordinator lease; false when it was lost (expired and taken by another silo).</summary>
+    Task<bool> RenewCoordinatorAsync(long jobId, string silo, TimeSpan lease, CancellationToken ct);
+    /// <summary>Stores the plan's tasks and moves the job to Running, in one transaction. Idempotent per job.</summary>
+    Task AddTasksAsync(long jobId, string silo, IReadOnlyList<TaskSpec> tasks, CancellationToken ct);
+    /// <summary>Ends a job: Succeeded, Failed (with its error) or Cancelled.</summary>
+    Task FinishJobAsync(long jobId, JobState state, string? error, CancellationToken ct);
+
+    // ---- tasks ----
+    /// <summary>
+    /// Claims one ready task (all dependencies done, job running, attempts left) under a lease:
+    /// in PostgreSQL with FOR UPDATE SKIP LOCKED. Expired leases count as free. Null when none is ready.
+    /// </summary>
+    Task<TaskLease?> ClaimTaskAsync(string silo, TimeSpan lease, CancellationToken ct);
+    /// <summary>False when the lease was lost; the worker must then abandon the attempt.</summary>
+    Task<bool> RenewTaskAsync(TaskLease lease, TimeSpan duration, CancellationToken ct);
+    Task CompleteTaskAsync(TaskLease lease, CancellationToken ct);
+    /// <summary>
+    /// Records a failed attempt. A permanent failure, or the last allowed attempt, fails the task and its job.
+    /// </summary>
+    Task FailTaskAsync(TaskLease lease, string error, bool permanent, CancellationToken ct);
+    /// <summary>Gives a task back unfinished (a draining silo) without counting an attempt.</summary>
+    Task ReleaseTaskAsync(TaskLease lease, CancellationToken ct);
+    Task<IReadOnlyList<TaskRecord>> ListTasksAsync(long jobId, CancellationToken ct);
+
+    /// <summary>Waits until work may be available (LISTEN/NOTIFY where the store has it) or the timeout passes.</summary>
+    Task WaitForWorkAsync(TimeSpan timeout, CancellationToken ct);
+}
+
+/// <summary>A member of the cluster as the membership table records it.</summary>
+public sealed record SiloRecord(string Name, string Host, int Pid, DateTimeOffset StartedAt, DateTimeOffset Heartbeat, string? Models = null);
+
+/// <summary>What a client submits: the canonical recipe text and where its relative paths resolve.</summary>
+public sealed record JobSubmission(string RecipeText, string RecipeDirectory, string Options, string? TraceParent);
+
+public enum JobState { Queued, Running, Succeeded, Failed, Cancelled }
+
+/// <summary>A job row: its recipe, state, coordinator lease and the trace it belongs to.</summary>
+public sealed record JobRecord(
+    long Id, JobState State, string RecipeText, string RecipeDirectory, string Options,
+    string? Coordinator, DateTimeOffset? CoordinatorLeaseUntil, string? TraceParent,
+    DateTimeOffset SubmittedAt, DateTimeOffset? FinishedAt, string? Error);
+
+public enum TaskState { Pending, Leased, Done, Failed }
+
+/// <summary>A task the coordinator plans: a unique name in its job, a kind, an engine payload and the names it waits for.</summary>
+public sealed record TaskSpec(string Name, string Kind, string Payload, IReadOnlyList<string> DependsOn, long Bytes, string? PreferredSilo = null);
+
+/// <summary>A claimed task: the attempt number scopes its scratch files, the trace parent links its span to the job's trace.</summary>
+public sealed record TaskLease(long JobId, long TaskId, string Name, string Kind, string Payload, int Attempt, string Silo, DateTimeOffset LeaseUntil, string? TraceParent);
+
+/// <summary>A task row as <c>status</c> shows it.</summary>
+public sealed record TaskRecord(long TaskId, string Name, string Kind, TaskState State, int Attempts, string? Silo, DateTimeOffset? LeaseUntil, string? Error, long Bytes);
