@@ -1,0 +1,25 @@
+using MergeCluster.Engine.Ledger;
+
+namespace MergeCluster.Engine.Runtime;
+
+/// <summary>
+/// What a job means to the runtime: how to plan it into tasks, run one task, and assemble the result.
+/// The coordinator and worker loops know only the ledger and this seam; the merge engine implements it.
+/// </summary>
+public interface IJobEngine
+{
+    /// <summary>Validates the job and turns it into tasks with dependencies; called by the coordinator before any task exists.</summary>
+    Task<IReadOnlyList<TaskSpec>> PlanAsync(JobRecord job, IReadOnlyList<SiloRecord> silos, CancellationToken ct);
+
+    /// <summary>Runs one claimed task. Throwing <see cref="PermanentTaskException"/> fails the job without retries.</summary>
+    Task RunTaskAsync(JobRecord job, TaskLease lease, CancellationToken ct);
+
+    /// <summary>Once every task is done: verifies and commits the output (fsync, rename). Idempotent.</summary>
+    Task AssembleAsync(JobRecord job, CancellationToken ct);
+
+    /// <summary>Removes a failed or cancelled job's scratch and temporary files.</summary>
+    Task CleanupAsync(JobRecord job, CancellationToken ct);
+}
+
+/// <summary>A task failure that retrying cannot fix (a corrupt input, a recipe error).</summary>
+public sealed class PermanentTaskException(string message, Exception? inner = null) : Exception(message, inner);
