@@ -7,6 +7,7 @@ foreach (var command in new[]
 {
     InspectCommand.Create(),
     SynthCommand.Create(),
+    MergeCommand.Create(),
 })
 {
     root.Subcommands.Add(command);

@@ -85,8 +85,26 @@ public static class DTypeConvert
                     for (int i = 0; i < n; i++) d[i] = (Half)source[i];
                     break;
                 }
+            case DType.BF16:
+                {
+                    var d = MemoryMarshal.Cast<byte, ushort>(dest);
+                    for (int i = 0; i < n; i++) d[i] = BFloat16FromDouble(source[i]);
+                    break;
+                }
             default: throw new NotSupportedException($"conversion to {type.Name()} is not implemented");
         }
+    }
+
+    /// <summary>Rounds to float with round-to-odd, then to bf16 with nearest-even: together one correct rounding.</summary>
+    private static ushort BFloat16FromDouble(double v)
+    {
+        if (double.IsNaN(v)) return (ushort)(BitConverter.SingleToUInt32Bits(float.NaN) >> 16 | 0x40);
+        float f = (float)v;
+        if (Math.Abs((double)f) > Math.Abs(v)) f = MathF.BitDecrement(Math.Abs(f)) * MathF.Sign(f);
+        uint bits = BitConverter.SingleToUInt32Bits(f);
+        if ((double)f != v && !float.IsInfinity(f)) bits |= 1;
+        if (float.IsInfinity(f)) return (ushort)(bits >> 16);
+        return (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
     }
 
     /// <summary>Encodes float32 values as <paramref name="type"/>, rounding once to nearest even.</summary>

@@ -23,13 +23,16 @@ public sealed class SafetensorsWriter : IDisposable
     public string TempPath { get; }
     public SafetensorsLayout Layout { get; }
 
-    /// <summary>Creates a sized temporary file beside the target and writes the header into it.</summary>
-    public static SafetensorsWriter Create(string targetPath, SafetensorsLayout layout)
+    /// <summary>
+    /// Creates a sized temporary file beside the target and writes the header into it. A given
+    /// <paramref name="tempPath"/> is replaced if it exists (a cluster job names its temporary file after the job).
+    /// </summary>
+    public static SafetensorsWriter Create(string targetPath, SafetensorsLayout layout, string? tempPath = null)
     {
         string full = Path.GetFullPath(targetPath);
         string dir = Path.GetDirectoryName(full)!;
-        string temp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
-        var handle = OpenTemp(temp, FileMode.CreateNew, full);
+        string temp = tempPath ?? Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        var handle = OpenTemp(temp, tempPath is null ? FileMode.CreateNew : FileMode.Create, full);
         try
         {
             RandomAccess.SetLength(handle, layout.TotalLength);
@@ -71,6 +74,28 @@ public sealed class SafetensorsWriter : IDisposable
         File.Move(TempPath, TargetPath, overwrite: true);
         _committed = true;
         FileDurability.SyncDirectory(Path.GetDirectoryName(TargetPath)!);
+    }
+
+    /// <summary>
+    /// Syncs and closes the temporary file but keeps it, uncommitted, for other processes to fill through
+    /// <see cref="OpenExisting"/>; whoever assembles the job commits it.
+    /// </summary>
+    public string Detach()
+    {
+        RandomAccess.FlushToDisk(Handle);
+        _handle!.Dispose();
+        _handle = null;
+        _committed = true;
+        return TempPath;
+    }
+
+    /// <summary>Commits a temporary file that <see cref="Detach"/> left behind: fsync, rename over the target, fsync the directory.</summary>
+    public static void CommitExisting(string tempPath, string targetPath)
+    {
+        using (var handle = File.OpenHandle(tempPath, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+            RandomAccess.FlushToDisk(handle);
+        File.Move(tempPath, targetPath, overwrite: true);
+        FileDurability.SyncDirectory(Path.GetDirectoryName(Path.GetFullPath(targetPath))!);
     }
 
     private SafeFileHandle Handle => _handle ?? throw new ObjectDisposedException(nameof(SafetensorsWriter));

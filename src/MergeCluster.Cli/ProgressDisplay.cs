@@ -1,0 +1,46 @@
+using System.Diagnostics;
+using MergeCluster.Engine.Execution;
+using Spectre.Console;
+
+namespace MergeCluster.Cli;
+
+/// <summary>A live bar with bytes/s, ETA and component on a terminal; plain periodic lines when output is redirected.</summary>
+public static class ProgressDisplay
+{
+    public static async Task RunAsync(MergeProgress progress, long totalBytes, Func<Task> work, CancellationToken ct)
+    {
+        if (!Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive)
+        {
+            var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+            await console.Progress()
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+                .StartAsync(async ctx =>
+                {
+                    var task = ctx.AddTask("merging", maxValue: Math.Max(totalBytes, 1));
+                    var running = work();
+                    while (!running.IsCompleted)
+                    {
+                        await Task.WhenAny(running, Task.Delay(200, CancellationToken.None));
+                        task.Description = $"merging {progress.Component}";
+                        task.Value = Math.Min(progress.InputBytes, totalBytes);
+                    }
+                    await running;
+                    task.Value = task.MaxValue;
+                });
+            return;
+        }
+
+        var clock = Stopwatch.StartNew();
+        var job = work();
+        while (!job.IsCompleted)
+        {
+            await Task.WhenAny(job, Task.Delay(TimeSpan.FromSeconds(5), CancellationToken.None));
+            if (job.IsCompleted) break;
+            long done = progress.InputBytes;
+            double rate = done / Math.Max(clock.Elapsed.TotalSeconds, 1e-9);
+            string eta = rate > 0 ? TimeSpan.FromSeconds((totalBytes - done) / rate).ToString(@"h\:mm\:ss") : "?";
+            Console.Error.WriteLine($"merge: {Bytes.Format(done)} / {Bytes.Format(totalBytes)} read ({100.0 * done / Math.Max(totalBytes, 1):F0}%), {Bytes.Format((long)rate)}/s, ETA {eta}, {progress.Component}");
+        }
+        await job;
+    }
+}

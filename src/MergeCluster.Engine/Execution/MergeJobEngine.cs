@@ -1,0 +1,330 @@
+using System.Collections.Concurrent;
+using System.Text.Json;
+using MergeCluster.Engine.Ledger;
+using MergeCluster.Engine.Planning;
+using MergeCluster.Engine.Runtime;
+using MergeCluster.Merge;
+using MergeCluster.Merge.Recipes;
+using MergeCluster.Safetensors;
+
+namespace MergeCluster.Engine.Execution;
+
+/// <summary>How a job's shards are cut into tasks.</summary>
+public enum TaskShape
+{
+    /// <summary>One task per shard, the reduction tree in memory: the embedded default.</summary>
+    Fused,
+    /// <summary>Leaf tasks per reduction group, pairwise reduce tasks and a final task per shard: the cluster.</summary>
+    Tree,
+}
+
+/// <summary>Per-job settings carried in the ledger's job row as JSON.</summary>
+public sealed record MergeJobOptions
+{
+    public TaskShape Shape { get; init; } = TaskShape.Tree;
+    public long ShardBytes { get; init; } = 256L << 20;
+    /// <summary>Absolute output path overriding the recipe's (a replay, or `merge -o`).</summary>
+    public string? Output { get; init; }
+    /// <summary>Record input hashes in the output metadata (needed for replay checks).</summary>
+    public bool HashInputs { get; init; } = true;
+
+    public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
+    public static MergeJobOptions FromJson(string json) =>
+        string.IsNullOrWhiteSpace(json) ? new() : JsonSerializer.Deserialize<MergeJobOptions>(json, JsonOptions) ?? new();
+
+    private static readonly JsonSerializerOptions JsonOptions = new() { Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter() } };
+}
+
+/// <summary>What a merge task works on: a shard, and for tree tasks a node of its reduction tree.</summary>
+public sealed record MergeTaskPayload(int Shard, int Level = 0, int Index = 0)
+{
+    public string ToJson() => JsonSerializer.Serialize(this);
+    public static MergeTaskPayload FromJson(string json) => JsonSerializer.Deserialize<MergeTaskPayload>(json)!;
+}
+
+/// <summary>
+/// The merge as a job of the runtime: plan into shard tasks, run them, assemble the output. The coordinator's plan
+/// is fixed in the preallocated output file's header, from which every silo re-derives the identical plan.
+/// </summary>
+public sealed class MergeJobEngine : IJobEngine, IDisposable
+{
+    public const string KindFused = "fused", KindLeaf = "leaf", KindReduce = "reduce", KindFinal = "final";
+
+    private readonly Func<string, string> _resolve;
+    private readonly int _threads;
+    private readonly ConcurrentDictionary<long, Lazy<JobContext>> _jobs = new();
+
+    /// <param name="resolvePath">Maps an absolute path from a recipe to the path to open; the cluster confines it to data roots.</param>
+    /// <param name="threads">Threads for hashing inputs while planning.</param>
+    /// <param name="progress">Counters for a progress display, if any.</param>
+    public MergeJobEngine(Func<string, string>? resolvePath = null, int threads = 1, MergeProgress? progress = null)
+    {
+        _resolve = resolvePath ?? (p => p);
+        _threads = Math.Max(1, threads);
+        Progress = progress;
+    }
+
+    public MergeProgress? Progress { get; }
+
+    /// <summary>Plans the job (checking every input header first), preallocates the output and returns its tasks.</summary>
+    public Task<IReadOnlyList<TaskSpec>> PlanAsync(JobRecord job, IReadOnlyList<SiloRecord> silos, CancellationToken ct)
+    {
+        var options = MergeJobOptions.FromJson(job.Options);
+        var recipe = ParseRecipe(job);
+        var plan = Planner.Create(recipe, PlanOptionsFor(job, options, null));
+        if (options.HashInputs)
+            plan = Planner.Create(recipe, PlanOptionsFor(job, options, InputHashes.Compute(plan.Inputs, _threads)));
+        ct.ThrowIfCancellationRequested();
+        if (options.Shape == TaskShape.Tree) Directory.CreateDirectory(ScratchDirectory(plan, job));
+        using (var writer = SafetensorsWriter.Create(plan.OutputPath, plan.Layout, TempOutputPath(plan, job)))
+            writer.Detach();
+        return Task.FromResult(Tasks(plan, options.Shape, silos));
+    }
+
+    public Task RunTaskAsync(JobRecord job, TaskLease lease, CancellationToken ct) =>
+        Task.Factory.StartNew(() => RunTask(job, lease, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+
+    public Task AssembleAsync(JobRecord job, CancellationToken ct)
+    {
+        if (_jobs.TryRemove(job.Id, out var lazy) && lazy.IsValueCreated) lazy.Value.Dispose();
+        var options = MergeJobOptions.FromJson(job.Options);
+        var plan = Planner.Create(ParseRecipe(job), PlanOptionsFor(job, options, null));
+        string temp = TempOutputPath(plan, job);
+        if (File.Exists(temp))
+        {
+            // Verify before the rename: a complete, valid safetensors file of exactly the planned size.
+            var header = SafetensorsFile.ReadHeader(temp, out long length);
+            if (length != plan.Layout.TotalLength || header.Tensors.Length != plan.Tensors.Length)
+                throw new PermanentTaskException($"{temp}: assembled output does not match the plan");
+            SafetensorsWriter.CommitExisting(temp, plan.OutputPath);
+        }
+        else if (!File.Exists(plan.OutputPath))
+            throw new PermanentTaskException($"{plan.OutputPath}: the job's temporary output is gone");
+        DeleteScratch(plan, job);
+        return Task.CompletedTask;
+    }
+
+    public Task CleanupAsync(JobRecord job, CancellationToken ct)
+    {
+        if (_jobs.TryRemove(job.Id, out var lazy) && lazy.IsValueCreated) lazy.Value.Dispose();
+        MergePlan plan;
+        try { plan = Planner.Create(ParseRecipe(job), PlanOptionsFor(job, MergeJobOptions.FromJson(job.Options), null)); }
+        catch (Exception e) when (e is MergeException or SafetensorsException) { return Task.CompletedTask; }
+        TryDelete(TempOutputPath(plan, job));
+        DeleteScratch(plan, job);
+        return Task.CompletedTask;
+    }
+
+    private void RunTask(JobRecord job, TaskLease lease, CancellationToken ct)
+    {
+        JobContext context;
+        try { context = _jobs.GetOrAdd(job.Id, _ => new Lazy<JobContext>(() => OpenJob(job))).Value; }
+        catch (Exception e) when (e is MergeException or SafetensorsException)
+        {
+            _jobs.TryRemove(job.Id, out _);
+            throw new PermanentTaskException(e.Message, e);
+        }
+        var payload = MergeTaskPayload.FromJson(lease.Payload);
+        var shard = context.Plan.Shards[payload.Shard];
+        var executor = context.RentExecutor(Progress);
+        try
+        {
+            switch (lease.Kind)
+            {
+                case KindFused:
+                    executor.RunFused(shard, context.Output, ct);
+                    break;
+                case KindLeaf:
+                    WritePartial(context, shard, new PartialNode(0, payload.Index), lease.Attempt, s => executor.RunLeaf(shard, payload.Index, s, ct));
+                    break;
+                case KindReduce:
+                    {
+                        var node = new PartialNode(payload.Level, payload.Index);
+                        var tree = new ShardTree(context.Plan, shard);
+                        var (left, right) = tree.Children(node);
+                        using var l = OpenPartial(context, shard, left);
+                        using var r = OpenPartial(context, shard, right);
+                        WritePartial(context, shard, node, lease.Attempt, s => executor.RunReduce(shard, node, left, right, l, r, s, ct));
+                        break;
+                    }
+                case KindFinal:
+                    {
+                        var root = new ShardTree(context.Plan, shard).Root;
+                        using var data = root is null ? null : OpenPartial(context, shard, root);
+                        executor.RunFinal(shard, root, data, context.Output, ct);
+                        context.Output.Flush();
+                        break;
+                    }
+                default:
+                    throw new PermanentTaskException($"unknown task kind '{lease.Kind}'");
+            }
+        }
+        catch (Exception e) when (e is MergeException or SafetensorsException)
+        {
+            throw new PermanentTaskException(e.Message, e);
+        }
+        finally
+        {
+            context.ReturnExecutor(executor);
+        }
+    }
+
+    /// <summary>Re-derives the coordinator's plan from the recipe and the input hashes fixed in the preallocated output.</summary>
+    private JobContext OpenJob(JobRecord job)
+    {
+        var options = MergeJobOptions.FromJson(job.Options);
+        var recipe = ParseRecipe(job);
+        var probe = Planner.Create(recipe, PlanOptionsFor(job, options, null));
+        string temp = TempOutputPath(probe, job);
+        var header = SafetensorsFile.ReadHeader(temp, out long length);
+        var hashes = header.Metadata.TryGetValue(MergeMetadata.Inputs, out string? json) ? MergeMetadata.ParseInputs(json) : null;
+        var plan = Planner.Create(recipe, PlanOptionsFor(job, options, hashes));
+        if (plan.Layout.DataStart != header.DataStart || plan.Layout.TotalLength != length)
+            throw new MergeException($"{temp}: this silo's plan differs from the coordinator's (inputs changed since the job was planned?)");
+        var output = SafetensorsWriter.OpenExisting(plan.OutputPath, temp, plan.Layout);
+        return new JobContext(plan, new InputSet(plan), output, ScratchDirectory(plan, job));
+    }
+
+    private static void WritePartial(JobContext context, Shard shard, PartialNode node, int attempt, Action<Stream> produce)
+    {
+        // An attempt writes its own file and commits it by rename, so a dead attempt's bytes never reach a reader.
+        string final = PartialPath(context, shard, node);
+        string temp = $"{final}.a{attempt}.{Environment.ProcessId}.tmp";
+        try
+        {
+            using (var stream = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+            {
+                produce(stream);
+                stream.Flush(flushToDisk: true);
+            }
+            File.Move(temp, final, overwrite: true);
+        }
+        catch
+        {
+            TryDelete(temp);
+            throw;
+        }
+    }
+
+    private static FileStream OpenPartial(JobContext context, Shard shard, PartialNode node)
+    {
+        string path = PartialPath(context, shard, node);
+        try { return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20, FileOptions.SequentialScan); }
+        catch (FileNotFoundException e)
+        {
+            throw new IOException($"{path}: partial sum missing (its task will be retried)", e);
+        }
+    }
+
+    private static string PartialPath(JobContext context, Shard shard, PartialNode node) =>
+        Path.Combine(context.Scratch, node.Name(shard) + ".partial");
+
+    /// <summary>The task graph: per shard either one fused task, or leaves, pairwise reduces and a final task.</summary>
+    public static IReadOnlyList<TaskSpec> Tasks(MergePlan plan, TaskShape shape, IReadOnlyList<SiloRecord> silos)
+    {
+        var tasks = new List<TaskSpec>();
+        foreach (var shard in plan.Shards)
+        {
+            var tree = new ShardTree(plan, shard);
+            if (shape == TaskShape.Fused || tree.Root is null || plan.GroupCount == 1)
+            {
+                // A single group needs no partial sums: the fused task computes the very same bits.
+                tasks.Add(new TaskSpec(TaskName(shard, KindFused), KindFused, new MergeTaskPayload(shard.Index).ToJson(), [], shard.InputBytes));
+                continue;
+            }
+            foreach (var node in tree.Producers())
+            {
+                string kind = node.Level == 0 ? KindLeaf : KindReduce;
+                var deps = node.Level == 0 ? [] : tree.Children(node) switch { var (l, r) => new[] { NodeTask(shard, l), NodeTask(shard, r) } };
+                long bytes = node.Level == 0 ? GroupBytes(plan, shard, node.Index) : 0;
+                tasks.Add(new TaskSpec(NodeTask(shard, node), kind, new MergeTaskPayload(shard.Index, node.Level, node.Index).ToJson(), deps, bytes,
+                    node.Level == 0 ? PreferredSilo(plan, shard, node.Index, silos) : null));
+            }
+            tasks.Add(new TaskSpec(TaskName(shard, KindFinal), KindFinal, new MergeTaskPayload(shard.Index).ToJson(), [NodeTask(shard, tree.Root)], shard.OutputBytes));
+        }
+        return tasks;
+    }
+
+    private static string TaskName(Shard shard, string kind) => $"s{shard.Index:D5}/{kind}";
+    private static string NodeTask(Shard shard, PartialNode node) => $"s{shard.Index:D5}/l{node.Level}n{node.Index}";
+
+    private static long GroupBytes(MergePlan plan, Shard shard, int group)
+    {
+        long sum = 0;
+        foreach (int i in shard.TensorIndices)
+            foreach (var t in plan.Tensors[i].Terms)
+                if (plan.Tensors[i].Op == TensorOp.Combine && t.Group == group) sum += t.Tensor.ByteLength;
+        return sum;
+    }
+
+    /// <summary>The silo that declares the most of this group's models, so leaves read local disks where they can.</summary>
+    private static string? PreferredSilo(MergePlan plan, Shard shard, int group, IReadOnlyList<SiloRecord> silos)
+    {
+        var files = new HashSet<string>(StringComparer.Ordinal);
+        foreach (int i in shard.TensorIndices)
+            foreach (var t in plan.Tensors[i].Terms)
+                if (t.Group == group) files.Add(Path.GetFileName(plan.Inputs[t.Input].Path));
+        string? best = null;
+        int bestCount = 0;
+        foreach (var silo in silos)
+        {
+            if (string.IsNullOrEmpty(silo.Models)) continue;
+            int count = silo.Models.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Count(m => files.Contains(Path.GetFileName(m)));
+            if (count > bestCount) (best, bestCount) = (silo.Name, count);
+        }
+        return best;
+    }
+
+    private Recipe ParseRecipe(JobRecord job) => Recipe.Parse(job.RecipeText, job.RecipeDirectory, $"job {job.Id} recipe");
+
+    private PlanOptions PlanOptionsFor(JobRecord job, MergeJobOptions options, IReadOnlyDictionary<string, string>? hashes) => new()
+    {
+        ShardBytes = options.ShardBytes,
+        InputHashes = hashes,
+        OutputPath = options.Output is null ? null : _resolve(Path.GetFullPath(options.Output)),
+        ResolvePath = p => _resolve(Path.GetFullPath(Path.Combine(job.RecipeDirectory, p))),
+    };
+
+    public static string TempOutputPath(MergePlan plan, JobRecord job) =>
+        Path.Combine(Path.GetDirectoryName(plan.OutputPath)!, $".{Path.GetFileName(plan.OutputPath)}.job{job.Id}.tmp");
+
+    public static string ScratchDirectory(MergePlan plan, JobRecord job) =>
+        Path.Combine(Path.GetDirectoryName(plan.OutputPath)!, $".{Path.GetFileName(plan.OutputPath)}.job{job.Id}.scratch");
+
+    private static void DeleteScratch(MergePlan plan, JobRecord job)
+    {
+        string dir = ScratchDirectory(plan, job);
+        try { if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+    }
+
+    private static void TryDelete(string path)
+    {
+        try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+
+    public void Dispose()
+    {
+        foreach (var ctx in _jobs.Values) if (ctx.IsValueCreated) ctx.Value.Dispose();
+        _jobs.Clear();
+    }
+
+    /// <summary>What a silo keeps open for a job while it runs its tasks.</summary>
+    private sealed class JobContext(MergePlan plan, InputSet inputs, SafetensorsWriter output, string scratch) : IDisposable
+    {
+        private readonly ConcurrentBag<ShardExecutor> _idle = new();
+        public MergePlan Plan { get; } = plan;
+        public SafetensorsWriter Output { get; } = output;
+        public string Scratch { get; } = scratch;
+
+        public ShardExecutor RentExecutor(MergeProgress? progress) => _idle.TryTake(out var e) ? e : new ShardExecutor(Plan, inputs, progress);
+        public void ReturnExecutor(ShardExecutor executor) => _idle.Add(executor);
+
+        public void Dispose()
+        {
+            Output.Dispose();
+            inputs.Dispose();
+        }
+    }
+}

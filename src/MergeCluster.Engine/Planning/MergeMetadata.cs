@@ -1,0 +1,23 @@
+using System.Text.Json;
+
+namespace MergeCluster.Engine.Planning;
+
+/// <summary>The `__metadata__` fields a merged file carries so that it can be replayed and audited.</summary>
+public static class MergeMetadata
+{
+    public const string Recipe = "mergecluster.recipe";
+    public const string RecipeDirectory = "mergecluster.recipe_dir";
+    public const string Inputs = "mergecluster.inputs";
+    public const string Tool = "mergecluster.tool";
+    public const string ToolName = "mergecluster 1";
+
+    /// <summary>Input hashes as a JSON object, keys in ordinal order so the header is deterministic.</summary>
+    public static string FormatInputs(IReadOnlyDictionary<string, string> hashes)
+    {
+        var sorted = new SortedDictionary<string, string>(hashes.ToDictionary(), StringComparer.Ordinal);
+        return JsonSerializer.Serialize(sorted);
+    }
+
+    public static IReadOnlyDictionary<string, string> ParseInputs(string json) =>
+        JsonSerializer.Deserialize<Dictionary<string, string>>(json) ?? [];
+}

@@ -1,0 +1,100 @@
+using System.Collections.Immutable;
+using MergeCluster.Safetensors;
+
+namespace MergeCluster.Merge.Recipes;
+
+/// <summary>How a component's tensors are made from its models.</summary>
+public enum MergeMethod { Mean, WeightedSum, AddDifference, Copy }
+
+/// <summary>What to do with a tensor key that a model lacks (a pruned checkpoint).</summary>
+public enum MissingPolicy { Base, Skip, Error }
+
+/// <summary>One named input checkpoint, its path as written and the recipe line that declares it.</summary>
+public sealed record RecipeModel(string Name, string Path, int Line);
+
+/// <summary>The rule for one component (unet, te0, te1, vae, other) or for all of them.</summary>
+public sealed record ComponentRule(
+    string Component,
+    MergeMethod Method,
+    ImmutableArray<string> Models,
+    ImmutableArray<double> Weights,
+    double Alpha,
+    ImmutableSortedDictionary<string, double> BlockAlphas,
+    MissingPolicy? Missing,
+    int Line);
+
+/// <summary>Where the merged checkpoint goes and the dtype its float tensors are rounded to.</summary>
+public sealed record RecipeOutput(string Path, DType DType, int Line);
+
+/// <summary>
+/// A merge recipe: named models, an optional base, one rule per component, the output, and the reduction group size
+/// that fixes the summation tree (and so the exact bits of the result) whatever runs it.
+/// </summary>
+public sealed class Recipe
+{
+    /// <summary>Components a rule can name; "all" covers those without their own rule.</summary>
+    public static readonly ImmutableArray<string> ComponentNames = ["unet", "te0", "te1", "vae", "other"];
+    public const string AllComponents = "all";
+    public const int DefaultReduceGroup = 8;
+
+    internal Recipe(string source, string directory, string text, ImmutableArray<RecipeModel> models, string? baseModel,
+        MissingPolicy missing, ImmutableDictionary<string, ComponentRule> components, RecipeOutput output, int reduceGroup)
+    {
+        Source = source;
+        Directory = directory;
+        Text = text;
+        Models = models;
+        Base = baseModel;
+        Missing = missing;
+        Components = components;
+        Output = output;
+        ReduceGroup = reduceGroup;
+    }
+
+    /// <summary>The file (or label) the recipe came from, for error messages.</summary>
+    public string Source { get; }
+    /// <summary>Directory that relative model and output paths resolve against.</summary>
+    public string Directory { get; }
+    /// <summary>The recipe text exactly as read; stored in the output so a merge can be replayed.</summary>
+    public string Text { get; }
+    public ImmutableArray<RecipeModel> Models { get; }
+    public string? Base { get; }
+    public MissingPolicy Missing { get; }
+    public ImmutableDictionary<string, ComponentRule> Components { get; }
+    public RecipeOutput Output { get; }
+    public int ReduceGroup { get; }
+
+    public int ModelIndex(string name)
+    {
+        for (int i = 0; i < Models.Length; i++)
+            if (Models[i].Name == name) return i;
+        return -1;
+    }
+
+    public string ModelPath(int index) => ResolvePath(Models[index].Path);
+    public string OutputPath => ResolvePath(Output.Path);
+
+    public string ResolvePath(string path) => System.IO.Path.GetFullPath(System.IO.Path.Combine(Directory, path));
+
+    /// <summary>The rule that governs a component: its own, else "all", else null (the base, if any, is copied).</summary>
+    public ComponentRule? RuleFor(string component) =>
+        Components.TryGetValue(component, out var rule) ? rule : Components.GetValueOrDefault(AllComponents);
+
+    public static Recipe Load(string path)
+    {
+        string full = System.IO.Path.GetFullPath(path);
+        string text;
+        try { text = File.ReadAllText(full); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new MergeException($"{path}: cannot read recipe: {(e is FileNotFoundException ? "file not found" : e.Message)}", e);
+        }
+        return RecipeParser.Parse(text, System.IO.Path.GetDirectoryName(full)!, path);
+    }
+
+    public static Recipe Parse(string text, string directory, string source) => RecipeParser.Parse(text, directory, source);
+
+    /// <summary>The same recipe with its output sent elsewhere (a replay, or `merge -o`).</summary>
+    public Recipe WithOutputPath(string absolutePath) =>
+        new(Source, Directory, Text, Models, Base, Missing, Components, Output with { Path = System.IO.Path.GetFullPath(absolutePath) }, ReduceGroup);
+}

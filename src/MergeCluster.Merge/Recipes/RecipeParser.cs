@@ -1,0 +1,274 @@
+using System.Collections.Immutable;
+using System.Globalization;
+using MergeCluster.Safetensors;
+using YamlDotNet.Core;
+using YamlDotNet.RepresentationModel;
+
+namespace MergeCluster.Merge.Recipes;
+
+/// <summary>Reads recipe YAML into a <see cref="Recipe"/>, reporting every mistake with its file and line.</summary>
+internal static class RecipeParser
+{
+    private static readonly string[] TopLevelKeys = ["models", "base", "missing", "components", "output", "reduce"];
+
+    public static Recipe Parse(string text, string directory, string source)
+    {
+        YamlMappingNode root;
+        try
+        {
+            var stream = new YamlStream();
+            stream.Load(new StringReader(text));
+            if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode map)
+                throw new MergeException($"{source}:1: a recipe must be a YAML mapping with models, components and output");
+            root = map;
+        }
+        catch (YamlException e)
+        {
+            throw new MergeException($"{source}:{e.Start.Line}: invalid YAML: {OneLine(e.Message)}", e);
+        }
+
+        var ctx = new Context(source);
+        foreach (var (k, _) in root.Children)
+        {
+            string key = ctx.Scalar(k, "key");
+            if (!TopLevelKeys.Contains(key))
+                throw ctx.Error(k, $"unknown recipe key '{key}' (expected one of: {string.Join(", ", TopLevelKeys)})");
+        }
+
+        var models = ParseModels(ctx, root);
+        string? baseName = null;
+        if (Find(root, "base") is { } baseNode)
+        {
+            baseName = ctx.Scalar(baseNode, "base");
+            if (!models.Any(m => m.Name == baseName))
+                throw ctx.Error(baseNode, $"base '{baseName}' is not a model named under models");
+        }
+
+        var missing = Find(root, "missing") is { } missingNode ? ParseMissing(ctx, missingNode) : (baseName is null ? MissingPolicy.Error : MissingPolicy.Base);
+        var components = ParseComponents(ctx, root, models, baseName);
+        var output = ParseOutput(ctx, root);
+        int group = Recipe.DefaultReduceGroup;
+        if (Find(root, "reduce") is YamlMappingNode reduce && Find(reduce, "group") is { } g)
+        {
+            group = ctx.Int(g, "reduce.group");
+            if (group < 1) throw ctx.Error(g, "reduce.group must be at least 1");
+        }
+        else if (Find(root, "reduce") is { } bad and not YamlMappingNode)
+            throw ctx.Error(bad, "reduce must be a mapping, e.g. reduce: { group: 8 }");
+
+        if (missing == MissingPolicy.Base && baseName is null && Find(root, "missing") is { } mNode)
+            throw ctx.Error(mNode, "missing: base needs a base model (add `base: NAME`)");
+
+        return new Recipe(source, directory, text, models, baseName, missing, components, output, group);
+    }
+
+    private static ImmutableArray<RecipeModel> ParseModels(Context ctx, YamlMappingNode root)
+    {
+        if (Find(root, "models") is not { } node)
+            throw ctx.Error(root, "recipe has no models: section");
+        if (node is not YamlMappingNode map || map.Children.Count == 0)
+            throw ctx.Error(node, "models must map at least one name to a checkpoint path");
+        var list = ImmutableArray.CreateBuilder<RecipeModel>();
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (k, v) in map.Children)
+        {
+            string name = ctx.Scalar(k, "model name");
+            if (!names.Add(name)) throw ctx.Error(k, $"model '{name}' is named twice");
+            string path = ctx.Scalar(v, $"path of model '{name}'");
+            if (path.Length == 0) throw ctx.Error(v, $"model '{name}' has an empty path");
+            list.Add(new RecipeModel(name, path, Line(k)));
+        }
+        return list.ToImmutable();
+    }
+
+    private static ImmutableDictionary<string, ComponentRule> ParseComponents(Context ctx, YamlMappingNode root, ImmutableArray<RecipeModel> models, string? baseName)
+    {
+        var rules = ImmutableDictionary.CreateBuilder<string, ComponentRule>(StringComparer.Ordinal);
+        if (Find(root, "components") is not { } node)
+        {
+            if (baseName is null) throw ctx.Error(root, "recipe has neither components: nor a base to copy");
+            return rules.ToImmutable();
+        }
+        if (node is not YamlMappingNode map)
+            throw ctx.Error(node, "components must map unet, te0, te1, vae, other or all to a rule");
+        foreach (var (k, v) in map.Children)
+        {
+            string component = ctx.Scalar(k, "component");
+            if (component != Recipe.AllComponents && !Recipe.ComponentNames.Contains(component))
+                throw ctx.Error(k, $"unknown component '{component}' (expected unet, te0, te1, vae, other or all)");
+            if (rules.ContainsKey(component)) throw ctx.Error(k, $"component '{component}' has two rules");
+            if (v is not YamlMappingNode rule) throw ctx.Error(v, $"rule for {component} must be a mapping with a method");
+            rules[component] = ParseRule(ctx, component, rule, models);
+        }
+        return rules.ToImmutable();
+    }
+
+    private static ComponentRule ParseRule(Context ctx, string component, YamlMappingNode rule, ImmutableArray<RecipeModel> models)
+    {
+        string[] allowed = ["method", "models", "model", "weights", "alpha", "alphas", "missing"];
+        foreach (var (k, _) in rule.Children)
+        {
+            string key = ctx.Scalar(k, "key");
+            if (!allowed.Contains(key)) throw ctx.Error(k, $"unknown field '{key}' in the {component} rule");
+        }
+        if (Find(rule, "method") is not { } methodNode) throw ctx.Error(rule, $"rule for {component} has no method");
+        string methodName = ctx.Scalar(methodNode, "method");
+        MergeMethod method = methodName switch
+        {
+            "mean" or "average" => MergeMethod.Mean,
+            "weighted_sum" => MergeMethod.WeightedSum,
+            "add_difference" => MergeMethod.AddDifference,
+            "copy" => MergeMethod.Copy,
+            _ => throw ctx.Error(methodNode, $"unknown method '{methodName}' (expected mean, weighted_sum, add_difference or copy)"),
+        };
+
+        ImmutableArray<string> names;
+        YamlNode listNode;
+        if (method == MergeMethod.Copy)
+        {
+            listNode = Find(rule, "model") ?? Find(rule, "models") ?? throw ctx.Error(rule, $"copy for {component} needs model: NAME");
+            names = listNode is YamlSequenceNode ? ctx.Names(listNode, "models") : [ctx.Scalar(listNode, "model")];
+            if (names.Length != 1) throw ctx.Error(listNode, $"copy for {component} takes exactly one model");
+        }
+        else
+        {
+            listNode = Find(rule, "models") ?? throw ctx.Error(rule, $"{methodName} for {component} needs models: [...]");
+            names = ctx.Names(listNode, "models");
+        }
+        if (names.IsEmpty) throw ctx.Error(listNode, $"{methodName} for {component} has an empty model list");
+        foreach (string n in names)
+            if (!models.Any(m => m.Name == n)) throw ctx.Error(listNode, $"unknown model '{n}' in the {component} rule (not named under models)");
+        if (names.Distinct().Count() != names.Length) throw ctx.Error(listNode, $"a model appears twice in the {component} rule");
+
+        int expected = method switch { MergeMethod.WeightedSum => 2, MergeMethod.AddDifference => 3, _ => -1 };
+        if (expected > 0 && names.Length != expected)
+            throw ctx.Error(listNode, $"{methodName} takes exactly {expected} models, got {names.Length}");
+
+        var weights = ImmutableArray<double>.Empty;
+        if (Find(rule, "weights") is { } wNode)
+        {
+            if (method != MergeMethod.Mean) throw ctx.Error(wNode, "weights apply only to method mean");
+            if (wNode is not YamlSequenceNode seq) throw ctx.Error(wNode, "weights must be a list of numbers");
+            weights = seq.Children.Select(c => ctx.Double(c, "weight")).ToImmutableArray();
+            if (weights.Length != names.Length) throw ctx.Error(wNode, $"{weights.Length} weights for {names.Length} models");
+            if (weights.Any(w => w < 0)) throw ctx.Error(wNode, "weights must not be negative");
+            if (weights.Sum() <= 0) throw ctx.Error(wNode, "weights must not all be zero");
+        }
+
+        double alpha = 0;
+        if (Find(rule, "alpha") is { } aNode)
+        {
+            if (method is MergeMethod.Mean or MergeMethod.Copy) throw ctx.Error(aNode, $"alpha does not apply to {methodName}");
+            alpha = ctx.Double(aNode, "alpha");
+        }
+        else if (method is MergeMethod.WeightedSum or MergeMethod.AddDifference)
+            throw ctx.Error(rule, $"{methodName} for {component} needs alpha");
+
+        var blocks = ImmutableSortedDictionary<string, double>.Empty;
+        if (Find(rule, "alphas") is { } bNode)
+        {
+            if (method != MergeMethod.WeightedSum) throw ctx.Error(bNode, "per-block alphas apply only to weighted_sum");
+            blocks = ParseBlockAlphas(ctx, bNode);
+        }
+
+        MissingPolicy? missing = Find(rule, "missing") is { } mNode ? ParseMissing(ctx, mNode) : null;
+        return new ComponentRule(component, method, names, weights, alpha, blocks, missing, Line(rule));
+    }
+
+    private static ImmutableSortedDictionary<string, double> ParseBlockAlphas(Context ctx, YamlNode node)
+    {
+        var result = ImmutableSortedDictionary.CreateBuilder<string, double>(StringComparer.Ordinal);
+        if (node is YamlMappingNode map)
+        {
+            foreach (var (k, v) in map.Children)
+            {
+                string block = ctx.Scalar(k, "block").ToUpperInvariant();
+                if (!Numerics.UnetBlocks.IsBlockName(block))
+                    throw ctx.Error(k, $"unknown block '{block}' (expected BASE, IN00-IN11, M00 or OUT00-OUT11)");
+                result[block] = ctx.Double(v, $"alpha of {block}");
+            }
+        }
+        else if (node is YamlSequenceNode seq)
+        {
+            var names = Numerics.UnetBlocks.NamesForCount(seq.Children.Count)
+                ?? throw ctx.Error(node, $"a list of block alphas has {seq.Children.Count} values; expected 26 (SD1: BASE, IN00-IN11, M00, OUT00-OUT11) or 20 (SDXL: BASE, IN00-IN08, M00, OUT00-OUT08)");
+            for (int i = 0; i < names.Count; i++) result[names[i]] = ctx.Double(seq.Children[i], $"alpha of {names[i]}");
+        }
+        else throw ctx.Error(node, "alphas must be a list or a mapping of block names to numbers");
+        return result.ToImmutable();
+    }
+
+    private static MissingPolicy ParseMissing(Context ctx, YamlNode node) => ctx.Scalar(node, "missing") switch
+    {
+        "base" => MissingPolicy.Base,
+        "skip" => MissingPolicy.Skip,
+        "error" => MissingPolicy.Error,
+        var other => throw ctx.Error(node, $"unknown missing policy '{other}' (expected base, skip or error)"),
+    };
+
+    private static RecipeOutput ParseOutput(Context ctx, YamlMappingNode root)
+    {
+        if (Find(root, "output") is not { } node) throw ctx.Error(root, "recipe has no output: section");
+        if (node is YamlScalarNode scalar) return new RecipeOutput(ctx.Scalar(scalar, "output"), DType.F16, Line(node));
+        if (node is not YamlMappingNode map) throw ctx.Error(node, "output must be a path or { path: ..., dtype: ... }");
+        foreach (var (k, _) in map.Children)
+        {
+            string key = ctx.Scalar(k, "key");
+            if (key is not ("path" or "dtype")) throw ctx.Error(k, $"unknown output field '{key}' (expected path, dtype)");
+        }
+        var pathNode = Find(map, "path") ?? throw ctx.Error(map, "output has no path");
+        string path = ctx.Scalar(pathNode, "output path");
+        if (path.Length == 0) throw ctx.Error(pathNode, "output path is empty");
+        if (path.EndsWith(".ckpt", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".pt", StringComparison.OrdinalIgnoreCase))
+            throw ctx.Error(pathNode, "output must be a .safetensors file; pickle checkpoints are never written");
+        var dtype = DType.F16;
+        if (Find(map, "dtype") is { } dNode)
+        {
+            string name = ctx.Scalar(dNode, "dtype");
+            if (!DTypes.TryParseUser(name, out dtype) || dtype is not (DType.F16 or DType.BF16 or DType.F32 or DType.F64))
+                throw ctx.Error(dNode, $"unknown output dtype '{name}' (expected f16, bf16, f32 or f64)");
+        }
+        return new RecipeOutput(path, dtype, Line(node));
+    }
+
+    internal static YamlNode? Find(YamlMappingNode map, string key)
+    {
+        foreach (var (k, v) in map.Children)
+            if (k is YamlScalarNode s && s.Value == key) return v;
+        return null;
+    }
+
+    private static int Line(YamlNode node) => (int)node.Start.Line;
+
+    private static string OneLine(string s) => s.ReplaceLineEndings(" ");
+
+    /// <summary>Turns nodes into values and errors into "file:line: message".</summary>
+    private sealed class Context(string source)
+    {
+        public MergeException Error(YamlNode node, string message) => new($"{source}:{Line(node)}: {message}");
+
+        public string Scalar(YamlNode node, string what) =>
+            node is YamlScalarNode s ? s.Value ?? "" : throw Error(node, $"{what} must be a single value");
+
+        public double Double(YamlNode node, string what)
+        {
+            string s = Scalar(node, what);
+            if (!double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || !double.IsFinite(v))
+                throw Error(node, $"{what} '{s}' is not a finite number");
+            return v;
+        }
+
+        public int Int(YamlNode node, string what)
+        {
+            string s = Scalar(node, what);
+            return int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : throw Error(node, $"{what} '{s}' is not an integer");
+        }
+
+        public ImmutableArray<string> Names(YamlNode node, string what) => node switch
+        {
+            YamlSequenceNode seq => seq.Children.Select(c => Scalar(c, what)).ToImmutableArray(),
+            YamlScalarNode s => [s.Value ?? ""],
+            _ => throw Error(node, $"{what} must be a list of model names"),
+        };
+    }
+}
