@@ -73,4 +73,14 @@ public static class SafetensorsFiles
 
     public static string Raw(string path, string json, long dataBytes, ulong? headerLength = null) =>
         Raw(path, Encoding.UTF8.GetBytes(json), dataBytes, headerLength);
+
+    /// <summary>Bytes at an offset read with a plain FileStream, independent of the reader under test; fewer where the file ends.</summary>
+    public static byte[] ReadWithFileStream(string path, long offset, int count)
+    {
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read);
+        stream.Seek(offset, SeekOrigin.Begin);
+        var bytes = new byte[Math.Max(0, Math.Min(count, stream.Length - offset))];
+        stream.ReadExactly(bytes);
+        return bytes;
+    }
 }
