@@ -66,28 +66,38 @@ internal static class NarrowFloat
     private const uint SingleInfinity = 0x7F80_0000;
     private const uint SingleQuietNaN = 0x7FC0_0000;
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static int Width<F>() where F : INarrowFloatFormat => F.ExponentBits + F.MantissaBits;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static uint MagnitudeMask<F>() where F : INarrowFloatFormat => (1u << Width<F>()) - 1;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static uint ExponentMask<F>() where F : INarrowFloatFormat => ((1u << F.ExponentBits) - 1) << F.MantissaBits;
     /// <summary>Bits dropped from a float32 mantissa.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static int Shift<F>() where F : INarrowFloatFormat => 23 - F.MantissaBits;
     /// <summary>float32 bits of the smallest normal value of the format.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static uint MinNormal<F>() where F : INarrowFloatFormat => (uint)(127 - F.Bias + 1) << 23;
     /// <summary>float32 bits of the power of two whose ulp is the format's smallest subnormal.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static uint SubnormalMagic<F>() where F : INarrowFloatFormat => (uint)(127 - F.Bias + Shift<F>() + 1) << 23;
 
     /// <summary>float32 bits from which on a value no longer rounds to a finite value of the format.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static uint Overflow<F>() where F : INarrowFloatFormat => F.HasInfinity
         ? (uint)(127 + (1 << F.ExponentBits) - 1 - F.Bias) << 23                          // 2^(emax+1)
         : ((uint)(127 + (1 << F.ExponentBits) - 1 - F.Bias) << 23) | (((1u << F.MantissaBits) - 1) << Shift<F>()); // the NaN pattern's value (480 for E4M3FN)
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static uint NaNCode<F>(uint magnitude) where F : INarrowFloatFormat => F.HasInfinity
         ? ((magnitude >> Shift<F>()) | (1u << (F.MantissaBits - 1))) & MagnitudeMask<F>() // quiet, keeping the payload's top bits
         : MagnitudeMask<F>();
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static uint OverflowCode<F>() where F : INarrowFloatFormat => F.HasInfinity ? ExponentMask<F>() : MagnitudeMask<F>();
 
     /// <summary>BF16 is the top half of a float32, so decoding it is a shift; the general steps give the same bits, slower.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static bool IsBFloat16<F>() where F : INarrowFloatFormat => F.ExponentBits == 8;
 
     // ---- scalar ----
