@@ -1,12 +1,15 @@
+using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 
 namespace MergeCluster.Safetensors;
 
 /// <summary>
 /// Conversions between stored element bytes and float32/float64, rounding to nearest even and keeping NaN and Inf.
-/// Widening is exact; narrowing rounds once.
+/// Widening is exact; narrowing rounds once. F8_E4M3 is PyTorch's <c>float8_e4m3fn</c>: it has no Inf, so Inf and
+/// values too large for it (magnitude above 464, which would round past 448) become NaN, as in PyTorch.
+/// Spans are little-endian element bytes, as in a safetensors file; nothing is allocated per call.
 /// </summary>
-public static class DTypeConvert
+public static partial class DTypeConvert
 {
     /// <summary>Decodes <paramref name="source"/> (elements of <paramref name="type"/>) into <paramref name="dest"/>.</summary>
     public static void ToFloat64(DType type, ReadOnlySpan<byte> source, Span<double> dest)
@@ -15,54 +18,28 @@ public static class DTypeConvert
         switch (type)
         {
             case DType.F64: MemoryMarshal.Cast<byte, double>(source)[..n].CopyTo(dest); break;
-            case DType.F32:
-                {
-                    var s = MemoryMarshal.Cast<byte, float>(source);
-                    for (int i = 0; i < n; i++) dest[i] = s[i];
-                    break;
-                }
-            case DType.F16:
-                {
-                    var s = MemoryMarshal.Cast<byte, Half>(source);
-                    for (int i = 0; i < n; i++) dest[i] = (double)s[i];
-                    break;
-                }
-            case DType.BF16:
-                {
-                    var s = MemoryMarshal.Cast<byte, ushort>(source);
-                    for (int i = 0; i < n; i++) dest[i] = BitConverter.Int32BitsToSingle(s[i] << 16);
-                    break;
-                }
-            default: throw new NotSupportedException($"conversion from {type.Name()} is not implemented");
+            case DType.F32: TensorPrimitives.ConvertChecked<float, double>(MemoryMarshal.Cast<byte, float>(source), dest); break;
+            case DType.F16: Decode16<Float16Format, double>(MemoryMarshal.Cast<byte, ushort>(source), dest); break;
+            case DType.BF16: Decode16<BFloat16Format, double>(MemoryMarshal.Cast<byte, ushort>(source), dest); break;
+            case DType.F8_E4M3: Decode8<Float8E4M3Format, double>(source, dest); break;
+            case DType.F8_E5M2: Decode8<Float8E5M2Format, double>(source, dest); break;
+            default: throw NotFloat(type);
         }
     }
 
-    /// <summary>Decodes <paramref name="source"/> into float32.</summary>
+    /// <summary>Decodes <paramref name="source"/> into float32; from F64 this rounds to nearest even.</summary>
     public static void ToFloat32(DType type, ReadOnlySpan<byte> source, Span<float> dest)
     {
         int n = CheckLengths(type, source.Length, dest.Length);
         switch (type)
         {
             case DType.F32: MemoryMarshal.Cast<byte, float>(source)[..n].CopyTo(dest); break;
-            case DType.F64:
-                {
-                    var s = MemoryMarshal.Cast<byte, double>(source);
-                    for (int i = 0; i < n; i++) dest[i] = (float)s[i];
-                    break;
-                }
-            case DType.F16:
-                {
-                    var s = MemoryMarshal.Cast<byte, Half>(source);
-                    for (int i = 0; i < n; i++) dest[i] = (float)s[i];
-                    break;
-                }
-            case DType.BF16:
-                {
-                    var s = MemoryMarshal.Cast<byte, ushort>(source);
-                    for (int i = 0; i < n; i++) dest[i] = BitConverter.Int32BitsToSingle(s[i] << 16);
-                    break;
-                }
-            default: throw new NotSupportedException($"conversion from {type.Name()} is not implemented");
+            case DType.F64: TensorPrimitives.ConvertChecked<double, float>(MemoryMarshal.Cast<byte, double>(source), dest); break;
+            case DType.F16: TensorPrimitives.ConvertToSingle(MemoryMarshal.Cast<byte, Half>(source), dest); break;
+            case DType.BF16: Decode16<BFloat16Format, float>(MemoryMarshal.Cast<byte, ushort>(source), dest); break;
+            case DType.F8_E4M3: Decode8<Float8E4M3Format, float>(source, dest); break;
+            case DType.F8_E5M2: Decode8<Float8E5M2Format, float>(source, dest); break;
+            default: throw NotFloat(type);
         }
     }
 
@@ -73,38 +50,13 @@ public static class DTypeConvert
         switch (type)
         {
             case DType.F64: source[..n].CopyTo(MemoryMarshal.Cast<byte, double>(dest)); break;
-            case DType.F32:
-                {
-                    var d = MemoryMarshal.Cast<byte, float>(dest);
-                    for (int i = 0; i < n; i++) d[i] = (float)source[i];
-                    break;
-                }
-            case DType.F16:
-                {
-                    var d = MemoryMarshal.Cast<byte, Half>(dest);
-                    for (int i = 0; i < n; i++) d[i] = (Half)source[i];
-                    break;
-                }
-            case DType.BF16:
-                {
-                    var d = MemoryMarshal.Cast<byte, ushort>(dest);
-                    for (int i = 0; i < n; i++) d[i] = BFloat16FromDouble(source[i]);
-                    break;
-                }
-            default: throw new NotSupportedException($"conversion to {type.Name()} is not implemented");
+            case DType.F32: TensorPrimitives.ConvertChecked<double, float>(source, MemoryMarshal.Cast<byte, float>(dest)); break;
+            case DType.F16: Encode16<Float16Format, double>(source, MemoryMarshal.Cast<byte, ushort>(dest)); break;
+            case DType.BF16: Encode16<BFloat16Format, double>(source, MemoryMarshal.Cast<byte, ushort>(dest)); break;
+            case DType.F8_E4M3: Encode8<Float8E4M3Format, double>(source, dest); break;
+            case DType.F8_E5M2: Encode8<Float8E5M2Format, double>(source, dest); break;
+            default: throw NotFloat(type);
         }
-    }
-
-    /// <summary>Rounds to float with round-to-odd, then to bf16 with nearest-even: together one correct rounding.</summary>
-    private static ushort BFloat16FromDouble(double v)
-    {
-        if (double.IsNaN(v)) return (ushort)(BitConverter.SingleToUInt32Bits(float.NaN) >> 16 | 0x40);
-        float f = (float)v;
-        if (Math.Abs((double)f) > Math.Abs(v)) f = MathF.BitDecrement(Math.Abs(f)) * MathF.Sign(f);
-        uint bits = BitConverter.SingleToUInt32Bits(f);
-        if ((double)f != v && !float.IsInfinity(f)) bits |= 1;
-        if (float.IsInfinity(f)) return (ushort)(bits >> 16);
-        return (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
     }
 
     /// <summary>Encodes float32 values as <paramref name="type"/>, rounding once to nearest even.</summary>
@@ -114,21 +66,50 @@ public static class DTypeConvert
         switch (type)
         {
             case DType.F32: source[..n].CopyTo(MemoryMarshal.Cast<byte, float>(dest)); break;
-            case DType.F64:
-                {
-                    var d = MemoryMarshal.Cast<byte, double>(dest);
-                    for (int i = 0; i < n; i++) d[i] = source[i];
-                    break;
-                }
-            case DType.F16:
-                {
-                    var d = MemoryMarshal.Cast<byte, Half>(dest);
-                    for (int i = 0; i < n; i++) d[i] = (Half)source[i];
-                    break;
-                }
-            default: throw new NotSupportedException($"conversion to {type.Name()} is not implemented");
+            case DType.F64: TensorPrimitives.ConvertChecked<float, double>(source, MemoryMarshal.Cast<byte, double>(dest)); break;
+            case DType.F16: TensorPrimitives.ConvertToHalf(source, MemoryMarshal.Cast<byte, Half>(dest)); break;
+            case DType.BF16: Encode16<BFloat16Format, float>(source, MemoryMarshal.Cast<byte, ushort>(dest)); break;
+            case DType.F8_E4M3: Encode8<Float8E4M3Format, float>(source, dest); break;
+            case DType.F8_E5M2: Encode8<Float8E5M2Format, float>(source, dest); break;
+            default: throw NotFloat(type);
         }
     }
+
+    /// <summary>Decodes one element given as its little-endian bits (the low <c>Size</c> bytes); the scalar reference.</summary>
+    public static double ToFloat64(DType type, ulong bits) => type switch
+    {
+        DType.F64 => BitConverter.UInt64BitsToDouble(bits),
+        DType.F32 => BitConverter.UInt32BitsToSingle((uint)bits),
+        DType.F16 => NarrowFloat.Decode<Float16Format>((uint)bits & 0xFFFF),
+        DType.BF16 => NarrowFloat.Decode<BFloat16Format>((uint)bits & 0xFFFF),
+        DType.F8_E4M3 => NarrowFloat.Decode<Float8E4M3Format>((uint)bits & 0xFF),
+        DType.F8_E5M2 => NarrowFloat.Decode<Float8E5M2Format>((uint)bits & 0xFF),
+        _ => throw NotFloat(type),
+    };
+
+    /// <summary>Encodes one float64 as the bits of <paramref name="type"/>, rounding once; the scalar reference.</summary>
+    public static ulong FromFloat64(double value, DType type) => type switch
+    {
+        DType.F64 => BitConverter.DoubleToUInt64Bits(value),
+        DType.F32 => BitConverter.SingleToUInt32Bits((float)value),
+        DType.F16 => NarrowFloat.Encode<Float16Format>(value),
+        DType.BF16 => NarrowFloat.Encode<BFloat16Format>(value),
+        DType.F8_E4M3 => NarrowFloat.Encode<Float8E4M3Format>(value),
+        DType.F8_E5M2 => NarrowFloat.Encode<Float8E5M2Format>(value),
+        _ => throw NotFloat(type),
+    };
+
+    /// <summary>Encodes one float32 as the bits of <paramref name="type"/>, rounding to nearest even; the scalar reference.</summary>
+    public static ulong FromFloat32(float value, DType type) => type switch
+    {
+        DType.F64 => BitConverter.DoubleToUInt64Bits(value),
+        DType.F32 => BitConverter.SingleToUInt32Bits(value),
+        DType.F16 => NarrowFloat.Encode<Float16Format>(value),
+        DType.BF16 => NarrowFloat.Encode<BFloat16Format>(value),
+        DType.F8_E4M3 => NarrowFloat.Encode<Float8E4M3Format>(value),
+        DType.F8_E5M2 => NarrowFloat.Encode<Float8E5M2Format>(value),
+        _ => throw NotFloat(type),
+    };
 
     /// <summary>Element count, after checking that byte and element spans agree.</summary>
     private static int CheckLengths(DType type, int byteLength, int elementLength)
@@ -138,4 +119,7 @@ public static class DTypeConvert
             throw new ArgumentException($"{byteLength} bytes of {type.Name()} do not match {elementLength} elements");
         return elementLength;
     }
+
+    private static NotSupportedException NotFloat(DType type) =>
+        new($"{type.Name()} is not a float type; only F16, BF16, F32, F64, F8_E4M3 and F8_E5M2 convert to and from floats");
 }

@@ -51,9 +51,9 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <summary>Reads and validates only the header, without mapping the data.</summary>
     public static SafetensorsHeader ReadHeader(string path, out long length)
     {
-        CheckNotPickle(path);
         try
         {
+            CheckNotPickle(path);
             using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
             length = RandomAccess.GetLength(handle);
             Span<byte> prefix = stackalloc byte[8];
@@ -117,6 +117,29 @@ public sealed unsafe class SafetensorsFile : IDisposable
         if (_base == null)
             throw new InvalidOperationException("file has no mapped data");
         return new ReadOnlySpan<byte>(_base + offset, count);
+    }
+
+    /// <summary>
+    /// Tells the kernel that this mapping is read at random: no read-ahead around page faults, so reading one tensor
+    /// brings only its own pages into memory. Suits tools that read a few tensors of a cold file.
+    /// </summary>
+    public void AdviseRandomAccess() => PageCache.Advise(_base, Length, PageCache.Random);
+
+    /// <summary>
+    /// Tells the kernel that the whole mapping is read front to back: larger read-ahead on faults. Suits a full pass
+    /// over a cold file; it makes no difference once the file is in the page cache.
+    /// </summary>
+    public void AdviseSequentialAccess() => PageCache.Advise(_base, Length, PageCache.Sequential);
+
+    /// <summary>
+    /// Starts reading a window of a tensor into the page cache without waiting, so that a later <see cref="Bytes(TensorInfo, long, int)"/>
+    /// on it finds the pages resident; a streaming reader calls this one window ahead of the window it decodes.
+    /// </summary>
+    public void Prefetch(TensorInfo t, long offset, long count)
+    {
+        if (offset < 0 || count < 0 || offset + count > t.ByteLength)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"window [{offset}, {offset + count}) outside tensor '{t.Key}' of {t.ByteLength} bytes");
+        if (count > 0) PageCache.Advise(_base, FileOffset(t) + offset, count, PageCache.WillNeed);
     }
 
     private static void ReadExactly(Microsoft.Win32.SafeHandles.SafeFileHandle handle, Span<byte> buffer, long offset, string path)

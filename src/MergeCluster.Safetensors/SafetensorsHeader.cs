@@ -63,6 +63,7 @@ public sealed class SafetensorsHeader
         var seen = new HashSet<string>(StringComparer.Ordinal);
         var metadata = ImmutableSortedDictionary.CreateBuilder<string, string>(StringComparer.Ordinal);
         var reader = new Utf8JsonReader(json, new JsonReaderOptions { CommentHandling = JsonCommentHandling.Disallow, MaxDepth = 8 });
+        string? key = null; // the entry being read, so a JSON error inside it names it
         try
         {
             Expect(ref reader, JsonTokenType.StartObject, file, null);
@@ -70,13 +71,14 @@ public sealed class SafetensorsHeader
             {
                 Read(ref reader, file, null);
                 if (reader.TokenType == JsonTokenType.EndObject) break;
-                string key = reader.GetString()!;
+                key = reader.GetString()!;
                 if (!seen.Add(key))
                     throw new SafetensorsException(SafetensorsError.DuplicateKey, file, key, "key appears twice in the header");
                 if (key == "__metadata__")
                     ReadMetadata(ref reader, metadata, file);
                 else
                     entries.Add(ReadTensor(ref reader, key, file));
+                key = null;
             }
             // Trailing whitespace pads the header to 8 bytes; anything else after the object is an error.
             if (reader.Read())
@@ -84,10 +86,12 @@ public sealed class SafetensorsHeader
         }
         catch (JsonException e)
         {
-            throw new SafetensorsException(SafetensorsError.InvalidHeaderJson, file, null, $"header is not valid JSON ({FirstLine(e.Message)})");
+            throw new SafetensorsException(SafetensorsError.InvalidHeaderJson, file, key == "__metadata__" ? null : key, $"header is not valid JSON ({FirstLine(e.Message)})");
         }
 
-        entries.Sort(static (a, b) => a.Begin != b.Begin ? a.Begin.CompareTo(b.Begin) : a.End.CompareTo(b.End));
+        // Empty tensors share an offset with their neighbour; the key breaks the tie so the order is deterministic.
+        entries.Sort(static (a, b) => a.Begin != b.Begin ? a.Begin.CompareTo(b.Begin)
+            : a.End != b.End ? a.End.CompareTo(b.End) : string.CompareOrdinal(a.Key, b.Key));
         long expected = 0;
         foreach (var t in entries)
         {

@@ -1,0 +1,26 @@
+using BenchmarkDotNet.Running;
+using MergeCluster.Benchmarks;
+
+// read FILE [--threads N]: decode a whole checkpoint to float32 and compare with cat on the same file.
+// kernels [BenchmarkDotNet args]: micro-benchmarks of the dtype conversion kernels.
+// merge FILE... [--threads N] [--dtype D]: N-way mean of the files vs cat of the same inputs, and peak RSS.
+switch (args.FirstOrDefault())
+{
+    case "merge":
+        return await MergeThroughput.RunAsync(args[1..]);
+    case "read" when args.Length >= 2:
+        int threads = Environment.ProcessorCount;
+        int at = Array.IndexOf(args, "--threads");
+        if (at >= 0 && (at + 1 >= args.Length || !int.TryParse(args[at + 1], out threads) || threads < 1))
+        {
+            Console.Error.WriteLine("--threads needs a positive number");
+            return 2;
+        }
+        return ReadThroughput.Run(args[1], threads);
+    case "kernels":
+        BenchmarkRunner.Run<KernelBenchmarks>(args: args[1..]);
+        return 0;
+    default:
+        Console.Error.WriteLine("usage: MergeCluster.Benchmarks read FILE [--threads N] | kernels [BenchmarkDotNet options] | merge FILE... [--threads N] [--dtype f16|bf16|f32]");
+        return 2;
+}

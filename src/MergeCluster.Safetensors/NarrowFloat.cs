@@ -1,0 +1,221 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+
+namespace MergeCluster.Safetensors;
+
+/// <summary>
+/// A float format narrower than float32 (F16, BF16, F8), described by its bit fields; the JIT specialises every
+/// generic conversion per format, so these properties fold to constants.
+/// </summary>
+internal interface INarrowFloatFormat
+{
+    static abstract int ExponentBits { get; }
+    static abstract int MantissaBits { get; }
+    static abstract int Bias { get; }
+
+    /// <summary>
+    /// False for E4M3FN: its all-ones exponent still holds finite values, only S.1111.111 is NaN, and a value too
+    /// large for it (or an infinity) becomes NaN, as PyTorch's <c>float8_e4m3fn</c> conversion does.
+    /// </summary>
+    static abstract bool HasInfinity { get; }
+}
+
+internal readonly struct Float16Format : INarrowFloatFormat
+{
+    public static int ExponentBits => 5;
+    public static int MantissaBits => 10;
+    public static int Bias => 15;
+    public static bool HasInfinity => true;
+}
+
+internal readonly struct BFloat16Format : INarrowFloatFormat
+{
+    public static int ExponentBits => 8;
+    public static int MantissaBits => 7;
+    public static int Bias => 127;
+    public static bool HasInfinity => true;
+}
+
+/// <summary>OCP FP8 E4M3 as PyTorch's <c>float8_e4m3fn</c>: bias 7, max finite 448, no infinities.</summary>
+internal readonly struct Float8E4M3Format : INarrowFloatFormat
+{
+    public static int ExponentBits => 4;
+    public static int MantissaBits => 3;
+    public static int Bias => 7;
+    public static bool HasInfinity => false;
+}
+
+/// <summary>OCP FP8 E5M2 (<c>float8_e5m2</c>): the top byte of an F16, with infinities, max finite 57344.</summary>
+internal readonly struct Float8E5M2Format : INarrowFloatFormat
+{
+    public static int ExponentBits => 5;
+    public static int MantissaBits => 2;
+    public static int Bias => 15;
+    public static bool HasInfinity => true;
+}
+
+/// <summary>
+/// Bit-level conversions between a narrow float format and float32, in scalar and in <see cref="Vector{T}"/> form
+/// with the same arithmetic. Narrowing from float64 first rounds to float32 with round-to-odd, which carries the
+/// sticky bit: float32 keeps at least two more bits than any target, so the final round to nearest even is the
+/// same as rounding the float64 once (Boldo and Melquiond, "Emulation of FMA and correctly rounded sums").
+/// </summary>
+internal static class NarrowFloat
+{
+    private const uint SingleSign = 0x8000_0000;
+    private const uint SingleInfinity = 0x7F80_0000;
+    private const uint SingleQuietNaN = 0x7FC0_0000;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int Width<F>() where F : INarrowFloatFormat => F.ExponentBits + F.MantissaBits;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint MagnitudeMask<F>() where F : INarrowFloatFormat => (1u << Width<F>()) - 1;
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint ExponentMask<F>() where F : INarrowFloatFormat => ((1u << F.ExponentBits) - 1) << F.MantissaBits;
+    /// <summary>Bits dropped from a float32 mantissa.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int Shift<F>() where F : INarrowFloatFormat => 23 - F.MantissaBits;
+    /// <summary>float32 bits of the smallest normal value of the format.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint MinNormal<F>() where F : INarrowFloatFormat => (uint)(127 - F.Bias + 1) << 23;
+    /// <summary>float32 bits of the power of two whose ulp is the format's smallest subnormal.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint SubnormalMagic<F>() where F : INarrowFloatFormat => (uint)(127 - F.Bias + Shift<F>() + 1) << 23;
+
+    /// <summary>float32 bits from which on a value no longer rounds to a finite value of the format.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint Overflow<F>() where F : INarrowFloatFormat => F.HasInfinity
+        ? (uint)(127 + (1 << F.ExponentBits) - 1 - F.Bias) << 23                          // 2^(emax+1)
+        : ((uint)(127 + (1 << F.ExponentBits) - 1 - F.Bias) << 23) | (((1u << F.MantissaBits) - 1) << Shift<F>()); // the NaN pattern's value (480 for E4M3FN)
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint NaNCode<F>(uint magnitude) where F : INarrowFloatFormat => F.HasInfinity
+        ? ((magnitude >> Shift<F>()) | (1u << (F.MantissaBits - 1))) & MagnitudeMask<F>() // quiet, keeping the payload's top bits
+        : MagnitudeMask<F>();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint OverflowCode<F>() where F : INarrowFloatFormat => F.HasInfinity ? ExponentMask<F>() : MagnitudeMask<F>();
+
+    /// <summary>BF16 is the top half of a float32, so decoding it is a shift; the general steps give the same bits, slower.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool IsBFloat16<F>() where F : INarrowFloatFormat => F.ExponentBits == 8;
+
+    // ---- scalar ----
+
+    /// <summary>Decodes one code (sign in bit ExponentBits + MantissaBits) to float32; exact.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Decode<F>(uint code) where F : INarrowFloatFormat
+    {
+        if (IsBFloat16<F>()) return BitConverter.UInt32BitsToSingle(code << 16);
+        uint sign = (code >> Width<F>()) << 31;
+        uint magnitude = code & MagnitudeMask<F>();
+        uint exponent = magnitude & ExponentMask<F>();
+        uint bits = (magnitude << Shift<F>()) + ((uint)(127 - F.Bias) << 23);
+        if (exponent == 0)
+            // Subnormal: place the mantissa under the smallest normal's exponent and subtract that normal; no
+            // arithmetic touches a float32 subnormal, which would be slow on x86.
+            bits = BitConverter.SingleToUInt32Bits(BitConverter.UInt32BitsToSingle((magnitude << Shift<F>()) + MinNormal<F>())
+                                                   - BitConverter.UInt32BitsToSingle(MinNormal<F>()));
+        if (F.HasInfinity ? exponent == ExponentMask<F>() : magnitude == MagnitudeMask<F>())
+            bits = F.HasInfinity ? SingleInfinity | (magnitude << Shift<F>()) : SingleQuietNaN;
+        return BitConverter.UInt32BitsToSingle(bits | sign);
+    }
+
+    /// <summary>Encodes one float32, rounding to nearest even.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static uint Encode<F>(float value) where F : INarrowFloatFormat
+    {
+        uint u = BitConverter.SingleToUInt32Bits(value);
+        uint sign = u & SingleSign;
+        u ^= sign;
+        uint code;
+        if (u >= Overflow<F>())
+            code = u > SingleInfinity ? NaNCode<F>(u) : OverflowCode<F>();
+        else if (u < MinNormal<F>())
+            // Adding a power of two whose ulp is the smallest subnormal makes the FPU round the mantissa for us.
+            code = BitConverter.SingleToUInt32Bits(BitConverter.UInt32BitsToSingle(u) + BitConverter.UInt32BitsToSingle(SubnormalMagic<F>())) - SubnormalMagic<F>();
+        else
+            code = RoundNormal<F>(u);
+        return code | (sign >> (31 - Width<F>()));
+    }
+
+    /// <summary>Rebiases the exponent and rounds the mantissa to nearest even; a carry may step into the next binade or to Inf.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static uint RoundNormal<F>(uint u) where F : INarrowFloatFormat
+    {
+        uint odd = (u >> Shift<F>()) & 1;
+        return (u + unchecked((uint)((F.Bias - 127) << 23)) + ((1u << (Shift<F>() - 1)) - 1) + odd) >> Shift<F>();
+    }
+
+    /// <summary>Encodes one float64, rounding once to nearest even.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static uint Encode<F>(double value) where F : INarrowFloatFormat => Encode<F>(RoundToOdd(value));
+
+    /// <summary>float64 to float32 rounding toward zero, then setting the last bit if anything was lost.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float RoundToOdd(double value)
+    {
+        float nearest = (float)value;
+        double back = nearest;
+        if (back == value || double.IsNaN(value)) return nearest;
+        uint bits = BitConverter.SingleToUInt32Bits(nearest);
+        if (Math.Abs(back) > Math.Abs(value)) bits--;
+        return BitConverter.UInt32BitsToSingle(bits | 1);
+    }
+
+    // ---- vector: the same steps lane-wise, with selects in place of branches ----
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<float> Decode<F>(Vector<uint> code) where F : INarrowFloatFormat
+    {
+        if (IsBFloat16<F>()) return Vector.AsVectorSingle(Vector.ShiftLeft(code, 16));
+        var sign = Vector.ShiftLeft(Vector.ShiftRightLogical(code, Width<F>()), 31);
+        var magnitude = code & new Vector<uint>(MagnitudeMask<F>());
+        var exponent = magnitude & new Vector<uint>(ExponentMask<F>());
+        var shifted = Vector.ShiftLeft(magnitude, Shift<F>());
+        var normal = shifted + new Vector<uint>((uint)(127 - F.Bias) << 23);
+        var subnormal = Vector.AsVectorUInt32(Vector.AsVectorSingle(shifted + new Vector<uint>(MinNormal<F>()))
+                                             - new Vector<float>(BitConverter.UInt32BitsToSingle(MinNormal<F>())));
+        var bits = Vector.ConditionalSelect(Vector.Equals(exponent, Vector<uint>.Zero), subnormal, normal);
+        bits = F.HasInfinity
+            ? Vector.ConditionalSelect(Vector.Equals(exponent, new Vector<uint>(ExponentMask<F>())), shifted | new Vector<uint>(SingleInfinity), bits)
+            : Vector.ConditionalSelect(Vector.Equals(magnitude, new Vector<uint>(MagnitudeMask<F>())), new Vector<uint>(SingleQuietNaN), bits);
+        return Vector.AsVectorSingle(bits | sign);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<uint> Encode<F>(Vector<float> value) where F : INarrowFloatFormat
+    {
+        var all = Vector.AsVectorUInt32(value);
+        var sign = all & new Vector<uint>(SingleSign);
+        var u = all ^ sign;
+        // u < 2^31, so signed compares are exact and cheaper than unsigned ones on x86.
+        var ui = Vector.AsVectorInt32(u);
+        var odd = Vector.ShiftRightLogical(u, Shift<F>()) & Vector<uint>.One;
+        var normal = Vector.ShiftRightLogical(u + new Vector<uint>(unchecked((uint)((F.Bias - 127) << 23)) + ((1u << (Shift<F>() - 1)) - 1)) + odd, Shift<F>());
+        var magic = new Vector<float>(BitConverter.UInt32BitsToSingle(SubnormalMagic<F>()));
+        var subnormal = Vector.AsVectorUInt32(Vector.AsVectorSingle(u) + magic) - new Vector<uint>(SubnormalMagic<F>());
+        var code = Vector.ConditionalSelect(Vector.AsVectorUInt32(Vector.LessThan(ui, new Vector<int>((int)MinNormal<F>()))), subnormal, normal);
+        var special = F.HasInfinity
+            ? Vector.ConditionalSelect(Vector.AsVectorUInt32(Vector.GreaterThan(ui, new Vector<int>((int)SingleInfinity))),
+                (Vector.ShiftRightLogical(u, Shift<F>()) | new Vector<uint>(1u << (F.MantissaBits - 1))) & new Vector<uint>(MagnitudeMask<F>()),
+                new Vector<uint>(OverflowCode<F>()))
+            : new Vector<uint>(MagnitudeMask<F>());
+        code = Vector.ConditionalSelect(Vector.AsVectorUInt32(Vector.GreaterThanOrEqual(ui, new Vector<int>((int)Overflow<F>()))), special, code);
+        return code | Vector.ShiftRightLogical(sign, 31 - Width<F>());
+    }
+
+    /// <summary>Two float64 vectors to one float32 vector, rounding to odd (see the class summary).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<float> RoundToOdd(Vector<double> lower, Vector<double> upper)
+    {
+        var nearest = Vector.Narrow(lower, upper);
+        Vector.Widen(nearest, out var backLower, out var backUpper);
+        // NaN lanes compare unequal, so they get the low bit set too, and stay NaN.
+        var inexact = Vector.Narrow(~Vector.Equals(backLower, lower), ~Vector.Equals(backUpper, upper));
+        var away = Vector.Narrow(Vector.GreaterThan(Vector.Abs(backLower), Vector.Abs(lower)), Vector.GreaterThan(Vector.Abs(backUpper), Vector.Abs(upper)));
+        // Mask lanes are -1: adding steps the magnitude one ulp back toward zero, then the sticky bit goes in.
+        var bits = Vector.AsVectorInt32(nearest) + away;
+        return Vector.AsVectorSingle(bits | (inexact & Vector<int>.One));
+    }
+}
