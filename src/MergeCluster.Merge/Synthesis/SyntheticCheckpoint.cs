@@ -69,8 +69,11 @@ public static class SyntheticCheckpoint
         return specs;
     }
 
-    /// <summary>Writes the checkpoint to a temporary file beside <paramref name="path"/> and renames it into place.</summary>
-    public static SynthesisResult Write(string path, SynthesisOptions options, CancellationToken cancellation = default)
+    /// <summary>
+    /// Writes the checkpoint to a temporary file beside <paramref name="path"/> and renames it into place;
+    /// <paramref name="progress"/> hears the bytes written so far and in all, from worker threads.
+    /// </summary>
+    public static SynthesisResult Write(string path, SynthesisOptions options, CancellationToken cancellation = default, IProgress<(long Done, long Total)>? progress = null)
     {
         var clock = Stopwatch.StartNew();
         var specs = Plan(options);
@@ -81,6 +84,7 @@ public static class SyntheticCheckpoint
                 chunks.Add((t, first, (int)Math.Min(ChunkElements, t.ElementCount - first)));
 
         using var writer = SafetensorsWriter.Create(path, layout);
+        long written = layout.DataStart;
         var parallel = new ParallelOptions { CancellationToken = cancellation, MaxDegreeOfParallelism = Environment.ProcessorCount };
         Parallel.For(0, chunks.Count, parallel,
             () => (Values: new float[ChunkElements], Bytes: new byte[ChunkElements * sizeof(long)]),
@@ -90,6 +94,7 @@ public static class SyntheticCheckpoint
                 var bytes = buffers.Bytes.AsSpan(0, count * tensor.DType.Size());
                 Generate(tensor, options.Seed, first, buffers.Values.AsSpan(0, count), bytes);
                 writer.Write(tensor, first * tensor.DType.Size(), bytes);
+                progress?.Report((Interlocked.Add(ref written, bytes.Length), layout.TotalLength));
                 return buffers;
             },
             _ => { });
