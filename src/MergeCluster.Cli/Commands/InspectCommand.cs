@@ -106,6 +106,33 @@ public static class InspectCommand
         if (s.NonFinite is { } bad) facts.Add(("non-finite", bad == 0 ? "none" : $"{bad:N0} values in {s.NonFiniteByKey!.Count:N0} tensors"));
         foreach (var (label, value) in facts) console.Write(new Text($"{label,-13}{value}\n"));
         console.WriteLine();
+        if (s.Components.Count > 0)
+        {
+            console.Write(ComponentTable(s));
+            console.WriteLine();
+        }
+
+        if (s.Metadata.Count == 0) console.Write(new Text("metadata: none\n"));
+        else
+        {
+            console.Write(new Text($"metadata ({s.Metadata.Count:N0}):\n"));
+            var metadata = new Table().Border(HumanConsole.Border).AddColumns("key", "value");
+            foreach (var (key, value) in s.Metadata)
+                metadata.AddRow(new Text(key), new Text(value.Length > 120 ? $"{value[..117].ReplaceLineEndings(" ")}... ({value.Length:N0} chars)" : value.ReplaceLineEndings(" ")));
+            console.Write(metadata);
+        }
+        if (s.Architecture.IsKnown)
+        {
+            WriteKeyList(console, "missing keys", s.Detection.MissingKeys);
+            WriteKeyList(console, "unknown keys", s.Detection.UnknownKeys);
+        }
+        else console.Write(new Text("missing and unknown keys: not compared, no known architecture\n"));
+        if (s.NonFiniteByKey is { Count: > 0 } byKey)
+            WriteKeyList(console, "tensors with non-finite values", byKey.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $"{kv.Key}: {kv.Value:N0}").ToArray());
+    }
+
+    private static Table ComponentTable(CheckpointSummary s)
+    {
         var table = new Table().Border(HumanConsole.Border);
         table.AddColumns("component", "keys", "parameters", "bytes", "dtypes", "missing", "content hash");
         if (s.NonFinite is not null) table.AddColumn("non-finite");
@@ -125,22 +152,7 @@ public static class InspectCommand
             if (c.NonFinite is { } n) cells.Add(n.ToString("N0"));
             table.AddRow(cells.Select(x => new Text(x)).ToArray());
         }
-        console.Write(table);
-
-        console.WriteLine();
-        if (s.Metadata.Count == 0) console.Write(new Text("metadata: none\n"));
-        else
-        {
-            console.Write(new Text($"metadata ({s.Metadata.Count:N0}):\n"));
-            var metadata = new Table().Border(HumanConsole.Border).AddColumns("key", "value");
-            foreach (var (key, value) in s.Metadata)
-                metadata.AddRow(new Text(key), new Text(value.Length > 120 ? $"{value[..117].ReplaceLineEndings(" ")}... ({value.Length:N0} chars)" : value.ReplaceLineEndings(" ")));
-            console.Write(metadata);
-        }
-        WriteKeyList(console, "missing keys", s.Detection.MissingKeys);
-        WriteKeyList(console, "unknown keys", s.Detection.UnknownKeys);
-        if (s.NonFiniteByKey is { Count: > 0 } byKey)
-            WriteKeyList(console, "tensors with non-finite values", byKey.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => $"{kv.Key}: {kv.Value:N0}").ToArray());
+        return table;
     }
 
     private static void WriteKeyList(IAnsiConsole console, string title, IReadOnlyList<string> keys)

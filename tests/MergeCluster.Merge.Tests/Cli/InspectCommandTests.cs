@@ -177,6 +177,25 @@ public class InspectCommandTests(InspectFiles files) : IClassFixture<InspectFile
     }
 
     [Fact]
+    public void A_file_of_no_known_layout_is_unknown_with_components_by_prefix()
+    {
+        string lora = Path.Combine(files.Directory, "lora.safetensors");
+        CheckpointEdits.CreateZeroed(lora,
+        [
+            ("lora_unet_down_blocks_0_attentions_0_proj_in.alpha", MergeCluster.Safetensors.DType.F16, []),
+            ("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", MergeCluster.Safetensors.DType.F16, [4, 320]),
+            ("first_stage_model.decoder.conv_in.bias", MergeCluster.Safetensors.DType.F32, [512]),
+        ]);
+        var json = Support.Cli.Run("inspect", "--json", lora).Json();
+        Assert.Equal("unknown", json.GetProperty("architecture").GetString());
+        Assert.Equal(2, json.GetProperty("components").GetProperty("other").GetProperty("keys").GetInt32());
+        Assert.Equal(1, json.GetProperty("components").GetProperty("vae").GetProperty("keys").GetInt32());
+        Assert.Empty(json.GetProperty("missing_keys").EnumerateArray());
+        Assert.Empty(json.GetProperty("unknown_keys").EnumerateArray());
+        Assert.Contains("not compared, no known architecture", Support.Cli.Run("inspect", lora).EnsureSuccess().Stdout);
+    }
+
+    [Fact]
     public void A_corrupt_file_is_one_line_naming_the_file()
     {
         string truncated = Path.Combine(files.Directory, "truncated.safetensors");

@@ -18,6 +18,14 @@ public static class CheckpointEdits
         writer.Commit();
     }
 
+    /// <summary>Writes a file of zero-filled tensors with the given keys, dtypes and shapes.</summary>
+    public static void CreateZeroed(string path, IEnumerable<(string Key, DType DType, long[] Shape)> tensors)
+    {
+        var specs = tensors.Select(t => new TensorSpec(t.Key, t.DType, [.. t.Shape])).ToArray();
+        using var writer = SafetensorsWriter.Create(path, SafetensorsLayout.Create(specs, null));
+        writer.Commit();
+    }
+
     /// <summary>Overwrites bytes of one tensor in place, at a byte offset within it.</summary>
     public static void Patch(string path, string key, long offsetInTensor, byte[] bytes)
     {
