@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using MergeCluster.Engine.Execution;
+using MergeCluster.Merge.Architecture;
 using Spectre.Console;
 
 namespace MergeCluster.Cli;
@@ -21,7 +22,7 @@ public static class ProgressDisplay
                     while (!running.IsCompleted)
                     {
                         await Task.WhenAny(running, Task.Delay(200, CancellationToken.None));
-                        task.Description = $"merging {progress.Component}";
+                        task.Description = $"merging {progress.Component.Name()}";
                         task.Value = Math.Min(progress.InputBytes, totalBytes);
                     }
                     await running;
@@ -39,7 +40,7 @@ public static class ProgressDisplay
             long done = progress.InputBytes;
             double rate = done / Math.Max(clock.Elapsed.TotalSeconds, 1e-9);
             string eta = rate > 0 ? TimeSpan.FromSeconds((totalBytes - done) / rate).ToString(@"h\:mm\:ss") : "?";
-            Console.Error.WriteLine($"merge: {Bytes.Format(done)} / {Bytes.Format(totalBytes)} read ({100.0 * done / Math.Max(totalBytes, 1):F0}%), {Bytes.Format((long)rate)}/s, ETA {eta}, {progress.Component}");
+            Console.Error.WriteLine($"merge: {Bytes.Format(done)} / {Bytes.Format(totalBytes)} read ({100.0 * done / Math.Max(totalBytes, 1):F0}%), {Bytes.Format((long)rate)}/s, ETA {eta}, {progress.Component.Name()}");
         }
         await job;
     }

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using MergeCluster.Engine.Execution;
 using MergeCluster.Engine.Planning;
 using MergeCluster.Merge;
+using MergeCluster.Merge.Architecture;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Safetensors;
 using Spectre.Console;
@@ -104,7 +105,7 @@ public static class MergeCommand
         if (recipe.Base is not null) Console.WriteLine($"base:    {recipe.Base}");
         var table = new Table().AddColumns("component", "method", "models", "keys", "output", "read");
         foreach (var c in plan.Components)
-            table.AddRow(c.Component, Markup.Escape(c.Method), Markup.Escape($"{c.Models.Length}: {string.Join(", ", c.Models)}"), c.Keys.ToString(), Bytes.Format(c.OutputBytes), Bytes.Format(c.InputBytes));
+            table.AddRow(c.Component.Name(), Markup.Escape(c.Method), Markup.Escape($"{c.Models.Length}: {string.Join(", ", c.Models)}"), c.Keys.ToString(), Bytes.Format(c.OutputBytes), Bytes.Format(c.InputBytes));
         AnsiConsole.Write(table);
         if (plan.Missing.IsEmpty)
             Console.WriteLine("missing: none (every model has every key it is merged on)");
@@ -112,7 +113,7 @@ public static class MergeCommand
         {
             Console.WriteLine("missing keys:");
             foreach (var m in plan.Missing)
-                Console.WriteLine($"  {m.Model}: {m.Keys} {m.Component} keys {m.Resolution} (e.g. {string.Join(", ", m.Examples)})");
+                Console.WriteLine($"  {m.Model}: {m.Keys} {m.Component.Name()} keys {m.Resolution} (e.g. {string.Join(", ", m.Examples)})");
         }
     }
 }

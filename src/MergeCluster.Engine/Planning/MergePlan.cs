@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using MergeCluster.Merge.Architecture;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Safetensors;
 
@@ -21,7 +22,7 @@ public sealed record TermSource(int Input, TensorInfo Tensor, double Coefficient
 
 /// <summary>An output tensor: its place in the output file and what it is made of.</summary>
 public sealed record PlannedTensor(
-    int Index, TensorInfo Output, string Component, TensorOp Op, ImmutableArray<TermSource> Terms, double Divisor, string? FilledFrom)
+    int Index, TensorInfo Output, Component Component, TensorOp Op, ImmutableArray<TermSource> Terms, double Divisor, string? FilledFrom)
 {
     public long ElementCount => Output.ElementCount;
     public long InputBytes
@@ -48,11 +49,11 @@ public sealed record Shard(int Index, int FirstTensor, int TensorCount, long Out
     public IEnumerable<int> TensorIndices => Enumerable.Range(FirstTensor, TensorCount);
 }
 
-/// <summary>Per-component summary for `--dry-run` and progress.</summary>
-public sealed record ComponentSummary(string Component, string Method, ImmutableArray<string> Models, int Keys, long OutputBytes, long InputBytes);
+/// <summary>What the plan does with one component, for `--dry-run`.</summary>
+public sealed record ComponentPlan(Component Component, string Method, ImmutableArray<string> Models, int Keys, long OutputBytes, long InputBytes);
 
 /// <summary>Keys of one model filled from the base (a pruned model repaired) or skipped.</summary>
-public sealed record MissingSummary(string Model, string Component, int Keys, string Resolution, ImmutableArray<string> Examples);
+public sealed record MissingSummary(string Model, Component Component, int Keys, string Resolution, ImmutableArray<string> Examples);
 
 /// <summary>
 /// The whole merge decided before any tensor data is read: every output tensor with its sources, dtype, shape
@@ -68,7 +69,7 @@ public sealed class MergePlan
     /// <summary>Leaves of the reduction tree: ceil(models / reduce group), fixed by the recipe.</summary>
     public required int GroupCount { get; init; }
     public required string OutputPath { get; init; }
-    public required ImmutableArray<ComponentSummary> Components { get; init; }
+    public required ImmutableArray<ComponentPlan> Components { get; init; }
     public required ImmutableArray<MissingSummary> Missing { get; init; }
     public required ImmutableSortedDictionary<string, string> Metadata { get; init; }
 

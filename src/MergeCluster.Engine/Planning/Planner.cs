@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using MergeCluster.Merge;
+using MergeCluster.Merge.Architecture;
 using MergeCluster.Merge.Numerics;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Safetensors;
@@ -26,7 +27,8 @@ public static class Planner
     {
         options ??= new PlanOptions();
         var inputs = OpenHeaders(recipe, options);
-        int blocksPerSide = inputs.Any(i => i.Header.Keys.Any(k => k.StartsWith("conditioner.embedders.1.", StringComparison.Ordinal))) ? 9 : 12;
+        // SDXL's UNET has 9 input and output blocks, SD1's 12; per-block alphas follow the inputs' layout.
+        int blocksPerSide = inputs.Any(i => i.Length > 0 && ModelArchitecture.Detect(i.Header).Architecture == ModelArchitecture.Sdxl) ? 9 : 12;
         int baseIndex = recipe.Base is null ? -1 : recipe.ModelIndex(recipe.Base);
 
         var candidateKeys = new SortedSet<string>(StringComparer.Ordinal);
@@ -34,7 +36,7 @@ public static class Planner
         {
             foreach (var key in input.Header.Keys)
             {
-                string component = ModelComponents.Of(key);
+                var component = ModelArchitecture.Unknown.ComponentOf(key);
                 var rule = recipe.RuleFor(component);
                 bool used = input.Index == baseIndex || (rule is not null && rule.Models.Contains(input.Name));
                 if (used) candidateKeys.Add(key);
@@ -43,7 +45,7 @@ public static class Planner
 
         var tensors = new List<PlannedTensor>(candidateKeys.Count);
         var specs = new List<TensorSpec>(candidateKeys.Count);
-        var missing = new Dictionary<(string Model, string Component, string Resolution), List<string>>();
+        var missing = new Dictionary<(string Model, Component Component, string Resolution), List<string>>();
         foreach (string key in candidateKeys)
         {
             var planned = PlanTensor(recipe, inputs, baseIndex, key, blocksPerSide, missing, tensors.Count);
@@ -69,7 +71,7 @@ public static class Planner
             OutputPath = options.OutputPath ?? ResolveOutput(recipe, options),
             Components = Summarise(recipe, placed),
             Missing = missing.Select(kv => new MissingSummary(kv.Key.Model, kv.Key.Component, kv.Value.Count, kv.Key.Resolution, kv.Value.Take(3).ToImmutableArray()))
-                .OrderBy(m => m.Model, StringComparer.Ordinal).ThenBy(m => m.Component, StringComparer.Ordinal).ToImmutableArray(),
+                .OrderBy(m => m.Model, StringComparer.Ordinal).ThenBy(m => m.Component).ToImmutableArray(),
             Metadata = metadata,
         };
     }
@@ -79,7 +81,7 @@ public static class Planner
     {
         var used = new HashSet<string>(StringComparer.Ordinal);
         if (recipe.Base is not null) used.Add(recipe.Base);
-        foreach (string component in Recipe.ComponentNames)
+        foreach (var component in Components.All)
             if (recipe.RuleFor(component) is { } rule) used.UnionWith(rule.Models);
 
         var inputs = ImmutableArray.CreateBuilder<MergeInput>(recipe.Models.Length);
@@ -106,16 +108,16 @@ public static class Planner
         options.ResolvePath is null ? recipe.OutputPath : options.ResolvePath(recipe.Output.Path);
 
     private static PlannedTensor? PlanTensor(Recipe recipe, ImmutableArray<MergeInput> inputs, int baseIndex, string key, int blocksPerSide,
-        Dictionary<(string, string, string), List<string>> missing, int index)
+        Dictionary<(string, Component, string), List<string>> missing, int index)
     {
-        string component = ModelComponents.Of(key);
+        var component = ModelArchitecture.Unknown.ComponentOf(key);
         var rule = recipe.RuleFor(component);
         bool baseHas = baseIndex >= 0 && inputs[baseIndex].Header.Contains(key);
 
         if (rule is null)
         {
             if (baseIndex < 0)
-                throw new MergeException($"{recipe.Source}: component {component} (e.g. '{key}') has no rule and there is no base to copy it from");
+                throw new MergeException($"{recipe.Source}: component {component.Name()} (e.g. '{key}') has no rule and there is no base to copy it from");
             return baseHas ? CopyOf(recipe, inputs[baseIndex], key, component, index, null) : null;
         }
 
@@ -211,7 +213,7 @@ public static class Planner
         return new TermSource(input.Index, tensor, coefficient, slot / recipe.ReduceGroup);
     }
 
-    private static PlannedTensor CopyOf(Recipe recipe, MergeInput input, string key, string component, int index, string? filledFrom)
+    private static PlannedTensor CopyOf(Recipe recipe, MergeInput input, string key, Component component, int index, string? filledFrom)
     {
         var t = input.Header.TryGet(key, out var info) ? info : throw new InvalidOperationException(key);
         var dtype = t.DType.IsFloat() ? recipe.Output.DType : t.DType;
@@ -229,7 +231,7 @@ public static class Planner
         }
     }
 
-    private static void Note(Dictionary<(string, string, string), List<string>> missing, string model, string component, string resolution, string key)
+    private static void Note(Dictionary<(string, Component, string), List<string>> missing, string model, Component component, string resolution, string key)
     {
         if (!missing.TryGetValue((model, component, resolution), out var list)) missing[(model, component, resolution)] = list = [];
         list.Add(key);
@@ -254,10 +256,10 @@ public static class Planner
         return shards.ToImmutable();
     }
 
-    private static ImmutableArray<ComponentSummary> Summarise(Recipe recipe, ImmutableArray<PlannedTensor> tensors)
+    private static ImmutableArray<ComponentPlan> Summarise(Recipe recipe, ImmutableArray<PlannedTensor> tensors)
     {
-        var result = ImmutableArray.CreateBuilder<ComponentSummary>();
-        foreach (var group in tensors.GroupBy(t => t.Component).OrderBy(g => Array.IndexOf(Recipe.ComponentNames.ToArray(), g.Key)))
+        var result = ImmutableArray.CreateBuilder<ComponentPlan>();
+        foreach (var group in tensors.GroupBy(t => t.Component).OrderBy(g => g.Key))
         {
             var rule = recipe.RuleFor(group.Key);
             string method = rule is null ? "copy" : rule.Method switch
@@ -268,7 +270,7 @@ public static class Planner
                 _ => "copy",
             };
             var models = rule?.Models ?? [recipe.Base!];
-            result.Add(new ComponentSummary(group.Key, method, models, group.Count(), group.Sum(t => t.Output.ByteLength), group.Sum(t => t.InputBytes)));
+            result.Add(new ComponentPlan(group.Key, method, models, group.Count(), group.Sum(t => t.Output.ByteLength), group.Sum(t => t.InputBytes)));
         }
         return result.ToImmutable();
     }

@@ -1,4 +1,5 @@
 using System.Collections.Immutable;
+using MergeCluster.Merge.Architecture;
 using MergeCluster.Safetensors;
 
 namespace MergeCluster.Merge.Recipes;
@@ -32,8 +33,7 @@ public sealed record RecipeOutput(string Path, DType DType, int Line);
 /// </summary>
 public sealed class Recipe
 {
-    /// <summary>Components a rule can name; "all" covers those without their own rule.</summary>
-    public static readonly ImmutableArray<string> ComponentNames = ["unet", "te0", "te1", "vae", "other"];
+    /// <summary>The rule key that covers every component without a rule of its own.</summary>
     public const string AllComponents = "all";
     public const int DefaultReduceGroup = 8;
 
@@ -77,8 +77,8 @@ public sealed class Recipe
     public string ResolvePath(string path) => System.IO.Path.GetFullPath(System.IO.Path.Combine(Directory, path));
 
     /// <summary>The rule that governs a component: its own, else "all", else null (the base, if any, is copied).</summary>
-    public ComponentRule? RuleFor(string component) =>
-        Components.TryGetValue(component, out var rule) ? rule : Components.GetValueOrDefault(AllComponents);
+    public ComponentRule? RuleFor(Component component) =>
+        Components.TryGetValue(component.Name(), out var rule) ? rule : Components.GetValueOrDefault(AllComponents);
 
     public static Recipe Load(string path)
     {

@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using System.Globalization;
+using MergeCluster.Merge.Architecture;
 using MergeCluster.Safetensors;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
@@ -94,7 +95,7 @@ internal static class RecipeParser
         foreach (var (k, v) in map.Children)
         {
             string component = ctx.Scalar(k, "component");
-            if (component != Recipe.AllComponents && !Recipe.ComponentNames.Contains(component))
+            if (component != Recipe.AllComponents && !Components.TryParse(component, out _))
                 throw ctx.Error(k, $"unknown component '{component}' (expected unet, te0, te1, vae, other or all)");
             if (rules.ContainsKey(component)) throw ctx.Error(k, $"component '{component}' has two rules");
             if (v is not YamlMappingNode rule) throw ctx.Error(v, $"rule for {component} must be a mapping with a method");

@@ -83,15 +83,3 @@ public static class Checkpoints
         return file.Bytes(file.Get(key)).ToArray();
     }
 }
-
-/// <summary>A temporary directory removed after the test.</summary>
-public sealed class TempDir : IDisposable
-{
-    public TempDir() => Directory.CreateDirectory(Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "mc-test-" + Guid.NewGuid().ToString("N")[..12]));
-    public string Path { get; }
-    public string this[string name] => System.IO.Path.Combine(Path, name);
-    public void Dispose()
-    {
-        try { Directory.Delete(Path, true); } catch (IOException) { }
-    }
-}

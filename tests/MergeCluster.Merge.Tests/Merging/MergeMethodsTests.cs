@@ -1,3 +1,4 @@
+using MergeCluster.Merge.Tests.Support;
 using MergeCluster.Engine.Execution;
 using MergeCluster.Engine.Planning;
 using MergeCluster.Merge.Recipes;
@@ -15,15 +16,15 @@ public class MergeMethodsTests : IDisposable
     private const string Te1 = "conditioner.embedders.1.model.ln_final.weight";
     private const string PositionIds = "conditioner.embedders.0.transformer.text_model.embeddings.position_ids";
 
-    private readonly TempDir _dir = new();
+    private readonly TempDirectory _dir = new();
 
     public MergeMethodsTests()
     {
-        Checkpoints.Write(_dir["base.safetensors"], 100, DType.F16);
-        Checkpoints.Write(_dir["a.safetensors"], 1, DType.F16);
-        Checkpoints.Write(_dir["b.safetensors"], 2, DType.BF16);
-        Checkpoints.Write(_dir["c.safetensors"], 3, DType.F32);
-        Checkpoints.Write(_dir["pruned.safetensors"], 4, DType.F16, key => !key.StartsWith("first_stage_model.") && !key.StartsWith("conditioner.embedders.1."));
+        Checkpoints.Write(_dir.File("base.safetensors"), 100, DType.F16);
+        Checkpoints.Write(_dir.File("a.safetensors"), 1, DType.F16);
+        Checkpoints.Write(_dir.File("b.safetensors"), 2, DType.BF16);
+        Checkpoints.Write(_dir.File("c.safetensors"), 3, DType.F32);
+        Checkpoints.Write(_dir.File("pruned.safetensors"), 4, DType.F16, key => !key.StartsWith("first_stage_model.") && !key.StartsWith("conditioner.embedders.1."));
     }
 
     public void Dispose() => _dir.Dispose();
@@ -32,11 +33,11 @@ public class MergeMethodsTests : IDisposable
 
     private async Task<string> Merge(string body, string dtype = "f32")
     {
-        File.WriteAllText(_dir["recipe.yaml"], Models + body + $"output: {{ path: out.safetensors, dtype: {dtype} }}\n");
-        return await LocalMerge.RunAsync(Recipe.Load(_dir["recipe.yaml"]), new LocalMergeOptions { Threads = 2, HashInputs = false }, null, CancellationToken.None);
+        File.WriteAllText(_dir.File("recipe.yaml"), Models + body + $"output: {{ path: out.safetensors, dtype: {dtype} }}\n");
+        return await LocalMerge.RunAsync(Recipe.Load(_dir.File("recipe.yaml")), new LocalMergeOptions { Threads = 2, HashInputs = false }, null, CancellationToken.None);
     }
 
-    private double[] V(string model, string key) => Checkpoints.Values(_dir[$"{model}.safetensors"], key);
+    private double[] V(string model, string key) => Checkpoints.Values(_dir.File($"{model}.safetensors"), key);
 
     private static void AssertClose(Func<int, double> expected, double[] actual)
     {
@@ -57,7 +58,7 @@ public class MergeMethodsTests : IDisposable
         // No rule for the VAE: it is the base's, converted to the output dtype.
         AssertClose(i => V("base", Vae)[i], Checkpoints.Values(output, Vae));
         // Integer tensors are indices, never averaged: taken from the base with their own dtype.
-        Assert.Equal(Checkpoints.RawBytes(_dir["base.safetensors"], PositionIds), Checkpoints.RawBytes(output, PositionIds));
+        Assert.Equal(Checkpoints.RawBytes(_dir.File("base.safetensors"), PositionIds), Checkpoints.RawBytes(output, PositionIds));
     }
 
     [Fact]
@@ -66,8 +67,8 @@ public class MergeMethodsTests : IDisposable
         string output = await Merge("base: base\ncomponents:\n  all: { method: mean, models: [a, pruned] }\n");
         AssertClose(i => (V("a", Vae)[i] + V("base", Vae)[i]) / 2, Checkpoints.Values(output, Vae));
         AssertClose(i => (V("a", Unet)[i] + V("pruned", Unet)[i]) / 2, Checkpoints.Values(output, Unet));
-        var plan = Planner.Create(Recipe.Load(_dir["recipe.yaml"]));
-        Assert.Contains(plan.Missing, m => m.Model == "pruned" && m.Component == "vae" && m.Resolution.Contains("base"));
+        var plan = Planner.Create(Recipe.Load(_dir.File("recipe.yaml")));
+        Assert.Contains(plan.Missing, m => m.Model == "pruned" && m.Component == MergeCluster.Merge.Architecture.Component.Vae && m.Resolution.Contains("base"));
     }
 
     [Fact]
@@ -85,7 +86,7 @@ public class MergeMethodsTests : IDisposable
         Assert.Contains("pruned.safetensors", e.Message);
         Assert.Contains("conditioner.embedders.1.", e.Message);
         Assert.Contains("'pruned'", e.Message);
-        Assert.False(File.Exists(_dir["out.safetensors"]));
+        Assert.False(File.Exists(_dir.File("out.safetensors")));
     }
 
     [Fact]
@@ -102,7 +103,7 @@ public class MergeMethodsTests : IDisposable
     public async Task Copy_into_the_same_dtype_is_byte_exact()
     {
         string output = await Merge("base: base\ncomponents:\n  all: { method: copy, model: a }\n", dtype: "f16");
-        using var a = SafetensorsFile.Open(_dir["a.safetensors"]);
+        using var a = SafetensorsFile.Open(_dir.File("a.safetensors"));
         using var o = SafetensorsFile.Open(output);
         foreach (var t in a.Tensors)
             Assert.True(a.Bytes(t).SequenceEqual(o.Bytes(o.Get(t.Key))), t.Key);
@@ -122,7 +123,7 @@ public class MergeMethodsTests : IDisposable
     public async Task Shape_mismatch_is_an_error_naming_the_key_and_both_models()
     {
         var tensors = Checkpoints.SdxlLike(DType.F16).Select(t => t.Key == Unet ? t with { Shape = [32, 9, 3, 3] } : t).ToList();
-        Checkpoints.Write(_dir["c.safetensors"], 9, DType.F16, tensors: tensors);
+        Checkpoints.Write(_dir.File("c.safetensors"), 9, DType.F16, tensors: tensors);
         var e = await Assert.ThrowsAsync<MergeException>(() => Merge("components:\n  all: { method: mean, models: [a, c] }\n"));
         Assert.Contains(Unet, e.Message);
         Assert.Contains("'a'", e.Message);
@@ -132,13 +133,13 @@ public class MergeMethodsTests : IDisposable
     [Fact]
     public async Task A_failed_merge_leaves_an_existing_output_untouched()
     {
-        File.WriteAllText(_dir["out.safetensors"], "precious");
-        File.WriteAllText(_dir["recipe.yaml"], Models + "components:\n  all: { method: mean, models: [a, b] }\noutput: out.safetensors\n");
-        var recipe = Recipe.Load(_dir["recipe.yaml"]);
+        File.WriteAllText(_dir.File("out.safetensors"), "precious");
+        File.WriteAllText(_dir.File("recipe.yaml"), Models + "components:\n  all: { method: mean, models: [a, b] }\noutput: out.safetensors\n");
+        var recipe = Recipe.Load(_dir.File("recipe.yaml"));
         // A truncated input fails the merge.
-        using (var f = new FileStream(_dir["b.safetensors"], FileMode.Open)) f.SetLength(f.Length - 1000);
+        using (var f = new FileStream(_dir.File("b.safetensors"), FileMode.Open)) f.SetLength(f.Length - 1000);
         await Assert.ThrowsAnyAsync<Exception>(() => LocalMerge.RunAsync(recipe, new LocalMergeOptions { Threads = 2, HashInputs = false }, null, CancellationToken.None));
-        Assert.Equal("precious", File.ReadAllText(_dir["out.safetensors"]));
+        Assert.Equal("precious", File.ReadAllText(_dir.File("out.safetensors")));
         Assert.DoesNotContain(Directory.GetFiles(_dir.Path), f => f.EndsWith(".tmp"));
     }
 }

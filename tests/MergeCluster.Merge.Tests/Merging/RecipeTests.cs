@@ -1,3 +1,4 @@
+using MergeCluster.Merge.Tests.Support;
 using MergeCluster.Engine.Planning;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Safetensors;
@@ -76,8 +77,8 @@ public class RecipeTests
     [Fact]
     public void A_missing_model_file_is_reported_with_its_recipe_line_before_any_work()
     {
-        using var dir = new TempDir();
-        Checkpoints.Write(dir["x01.safetensors"], 1, DType.F16);
+        using var dir = new TempDirectory();
+        Checkpoints.Write(dir.File("x01.safetensors"), 1, DType.F16);
         var recipe = Recipe.Parse("models:\n  x01: x01.safetensors\n  x02: nowhere.safetensors\ncomponents:\n  all: { method: mean, models: [x01, x02] }\noutput: out.safetensors\n", dir.Path, "r.yaml");
         var e = Assert.Throws<MergeException>(() => Planner.Create(recipe));
         Assert.StartsWith("r.yaml:3:", e.Message);
@@ -88,9 +89,9 @@ public class RecipeTests
     [Fact]
     public void A_corrupt_model_is_reported_at_planning_with_its_file()
     {
-        using var dir = new TempDir();
-        Checkpoints.Write(dir["x01.safetensors"], 1, DType.F16);
-        File.WriteAllBytes(dir["x02.safetensors"], [16, 0, 0, 0, 0, 0, 0, 0, (byte)'{', (byte)'"', (byte)'a']);
+        using var dir = new TempDirectory();
+        Checkpoints.Write(dir.File("x01.safetensors"), 1, DType.F16);
+        File.WriteAllBytes(dir.File("x02.safetensors"), [16, 0, 0, 0, 0, 0, 0, 0, (byte)'{', (byte)'"', (byte)'a']);
         var recipe = Recipe.Parse("models:\n  x01: x01.safetensors\n  x02: x02.safetensors\ncomponents:\n  all: { method: mean, models: [x01, x02] }\noutput: out.safetensors\n", dir.Path, "r.yaml");
         var e = Assert.Throws<SafetensorsException>(() => Planner.Create(recipe));
         Assert.Contains("x02.safetensors", e.Message);
@@ -99,8 +100,8 @@ public class RecipeTests
     [Fact]
     public void A_pickle_model_is_refused()
     {
-        using var dir = new TempDir();
-        File.WriteAllBytes(dir["x01.ckpt"], [0x80, 0x02, 0x7d]);
+        using var dir = new TempDirectory();
+        File.WriteAllBytes(dir.File("x01.ckpt"), [0x80, 0x02, 0x7d]);
         var recipe = Recipe.Parse("models:\n  x01: x01.ckpt\ncomponents:\n  all: { method: copy, model: x01 }\noutput: out.safetensors\n", dir.Path, "r.yaml");
         var e = Assert.Throws<SafetensorsException>(() => Planner.Create(recipe));
         Assert.Equal(SafetensorsError.PickleRefused, e.Error);
