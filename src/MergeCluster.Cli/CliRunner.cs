@@ -46,6 +46,7 @@ public static class CliRunner
     {
         SafetensorsException s => s.Message,
         MergeException m => m.Message,
+        MergeCluster.Engine.Runtime.PermanentTaskException p => p.InnerException is { } inner && Describe(inner) is { } line ? line : p.Message,
         FileNotFoundException f => $"{f.FileName ?? "file"}: not found",
         DirectoryNotFoundException d => d.Message,
         UnauthorizedAccessException u => u.Message,

@@ -12,5 +12,6 @@ foreach (var command in new[]
 {
     root.Subcommands.Add(command);
 }
+root.Subcommands.Add(DemoCommand.Create(root));
 
 return await CliRunner.InvokeAsync(root, args);

@@ -40,7 +40,7 @@ public static class ProgressDisplay
             long done = progress.InputBytes;
             double rate = done / Math.Max(clock.Elapsed.TotalSeconds, 1e-9);
             string eta = rate > 0 ? TimeSpan.FromSeconds((totalBytes - done) / rate).ToString(@"h\:mm\:ss") : "?";
-            Console.Error.WriteLine($"merge: {Bytes.Format(done)} / {Bytes.Format(totalBytes)} read ({100.0 * done / Math.Max(totalBytes, 1):F0}%), {Bytes.Format((long)rate)}/s, ETA {eta}, {progress.Component.Name()}");
+            Console.Error.WriteLine($"merge: {Units.Bytes(done)} / {Units.Bytes(totalBytes)} read ({100.0 * done / Math.Max(totalBytes, 1):F0}%), {Units.Bytes((long)rate)}/s, ETA {eta}, {progress.Component.Name()}");
         }
         await job;
     }

@@ -34,7 +34,8 @@ public static class MergeCommand
             int t = Math.Max(1, parse.GetValue(threads));
             if (parse.GetValue(dryRun))
             {
-                PrintPlan(Planner.Create(recipe, new PlanOptions { OutputPath = outPath, ShardBytes = (long)parse.GetValue(shardMb) << 20 }));
+                var probe = Planner.Create(recipe, new PlanOptions { OutputPath = outPath });
+                PrintPlan(Planner.Create(recipe, new PlanOptions { OutputPath = outPath, ShardBytes = LocalMerge.ShardBytesFor(probe.InputBytes, t, (long)parse.GetValue(shardMb) << 20) }));
                 return 0;
             }
             var plan = Planner.Create(recipe, new PlanOptions { OutputPath = outPath });
@@ -52,7 +53,7 @@ public static class MergeCommand
             var clock = Stopwatch.StartNew();
             await ProgressDisplay.RunAsync(progress, plan.InputBytes, () => LocalMerge.RunAsync(recipe, options, progress, ct), ct);
             double seconds = clock.Elapsed.TotalSeconds;
-            Console.WriteLine($"wrote {plan.OutputPath} ({Bytes.Format(plan.OutputBytes)}, {plan.Tensors.Length} tensors) in {seconds:F1} s; read {Bytes.Format(progress.InputBytes)} at {Bytes.Format((long)(progress.InputBytes / Math.Max(seconds, 1e-9)))}/s");
+            Console.WriteLine($"wrote {plan.OutputPath} ({Units.Bytes(plan.OutputBytes)}, {plan.Tensors.Length} tensors) in {seconds:F1} s; read {Units.Bytes(progress.InputBytes)} at {Units.Bytes((long)(progress.InputBytes / Math.Max(seconds, 1e-9)))}/s");
             return 0;
         });
         return command;
@@ -96,17 +97,17 @@ public static class MergeCommand
                 throw new MergeException($"{plan.OutputPath}: the output would overwrite input model '{input.Name}'");
     }
 
-    private static void PrintPlan(MergePlan plan)
+    internal static void PrintPlan(MergePlan plan)
     {
         var recipe = plan.Recipe;
         Console.WriteLine($"recipe:  {recipe.Source}");
-        Console.WriteLine($"output:  {plan.OutputPath} ({recipe.Output.DType.Name()}, {plan.Tensors.Length} tensors, {Bytes.Format(plan.OutputBytes)})");
-        Console.WriteLine($"read:    {Bytes.Format(plan.InputBytes)} from {plan.Inputs.Count(i => i.Length > 0)} models in {plan.Shards.Length} shards; reduction tree of {plan.GroupCount} group(s) of {recipe.ReduceGroup}");
+        Console.WriteLine($"output:  {plan.OutputPath} ({recipe.Output.DType.Name()}, {plan.Tensors.Length} tensors, {Units.Bytes(plan.OutputBytes)})");
+        Console.WriteLine($"read:    {Units.Bytes(plan.InputBytes)} from {plan.Inputs.Count(i => i.Length > 0)} models in {plan.Shards.Length} shards; reduction tree of {plan.GroupCount} group(s) of {recipe.ReduceGroup}");
         if (recipe.Base is not null) Console.WriteLine($"base:    {recipe.Base}");
-        var table = new Table().AddColumns("component", "method", "models", "keys", "output", "read");
+        var table = new Table().Border(HumanConsole.Border).AddColumns("component", "method", "models", "keys", "output", "read");
         foreach (var c in plan.Components)
-            table.AddRow(c.Component.Name(), Markup.Escape(c.Method), Markup.Escape($"{c.Models.Length}: {string.Join(", ", c.Models)}"), c.Keys.ToString(), Bytes.Format(c.OutputBytes), Bytes.Format(c.InputBytes));
-        AnsiConsole.Write(table);
+            table.AddRow(c.Component.Name(), Markup.Escape(c.Method), Markup.Escape($"{c.Models.Length}: {string.Join(", ", c.Models)}"), c.Keys.ToString(), Units.Bytes(c.OutputBytes), Units.Bytes(c.InputBytes));
+        HumanConsole.Create().Write(table);
         if (plan.Missing.IsEmpty)
             Console.WriteLine("missing: none (every model has every key it is merged on)");
         else

@@ -8,6 +8,7 @@ namespace MergeCluster.Engine.Execution;
 public sealed record LocalMergeOptions
 {
     public int Threads { get; init; } = Environment.ProcessorCount;
+    /// <summary>Upper bound of input bytes per shard; small merges use smaller shards so every thread has work.</summary>
     public long ShardBytes { get; init; } = 64L << 20;
     public string? OutputPath { get; init; }
     public bool HashInputs { get; init; } = true;
@@ -22,8 +23,10 @@ public static class LocalMerge
 {
     public static async Task<string> RunAsync(Recipe recipe, LocalMergeOptions options, MergeProgress? progress, CancellationToken ct)
     {
+        var probe = Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath });
+        long shardBytes = ShardBytesFor(probe.InputBytes, options.Threads, options.ShardBytes);
         var job = new JobRecord(Environment.ProcessId, JobState.Running, recipe.Text, recipe.Directory,
-            new MergeJobOptions { Shape = options.Shape, ShardBytes = options.ShardBytes, Output = options.OutputPath, HashInputs = options.HashInputs }.ToJson(),
+            new MergeJobOptions { Shape = options.Shape, ShardBytes = shardBytes, Output = options.OutputPath, HashInputs = options.HashInputs }.ToJson(),
             null, null, null, DateTimeOffset.UtcNow, null, null);
         using var engine = new MergeJobEngine(null, options.Threads, progress);
         var tasks = await engine.PlanAsync(job, [], ct);
@@ -37,8 +40,12 @@ public static class LocalMerge
             await engine.CleanupAsync(job, CancellationToken.None);
             throw;
         }
-        return Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath }).OutputPath;
+        return probe.OutputPath;
     }
+
+    /// <summary>Shards never change the output's bits; they only need to be many enough to keep every thread busy.</summary>
+    public static long ShardBytesFor(long inputBytes, int threads, long maxShardBytes) =>
+        Math.Clamp(inputBytes / (Math.Max(1, threads) * 8L), 1L << 20, Math.Max(1L << 20, maxShardBytes));
 
     /// <summary>Runs tasks whose dependencies are done on up to <paramref name="threads"/> threads.</summary>
     private static async Task RunGraphAsync(MergeJobEngine engine, JobRecord job, IReadOnlyList<TaskSpec> tasks, int threads, CancellationToken ct)

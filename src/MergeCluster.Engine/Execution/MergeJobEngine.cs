@@ -92,9 +92,9 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         string temp = TempOutputPath(plan, job);
         if (File.Exists(temp))
         {
-            // Verify before the rename: a complete, valid safetensors file of exactly the planned size.
-            var header = SafetensorsFile.ReadHeader(temp, out long length);
-            if (length != plan.Layout.TotalLength || header.Tensors.Length != plan.Tensors.Length)
+            // Verify before the rename: the reader's validation proves the file is complete (data ends exactly at EOF).
+            var header = SafetensorsFile.ReadHeader(temp, out _);
+            if (header.Tensors.Length != plan.Tensors.Length)
                 throw new PermanentTaskException($"{temp}: assembled output does not match the plan");
             SafetensorsWriter.CommitExisting(temp, plan.OutputPath);
         }
