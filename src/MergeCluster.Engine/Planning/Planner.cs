@@ -154,11 +154,14 @@ public static class Planner
         {
             // Integer tensors (position_ids) are indices, not weights: never averaged.
             var owner = baseHas ? inputs[baseIndex] : sources[0].Input;
-            return CopyOf(recipe, owner, key, component, index, null) with { };
+            return CopyOf(recipe, owner, key, component, index, null);
         }
 
         if (rule.Method == MergeMethod.Copy)
-            return CopyOf(recipe, sources[0].Input, key, component, index, sources[0].Input.Index == baseIndex && rule.Models[0] != recipe.Base ? recipe.Base : null);
+        {
+            bool stoodIn = sources[0].Input.Name != rule.Models[0];
+            return CopyOf(recipe, sources[0].Input, key, component, index, stoodIn ? recipe.Base : null);
+        }
 
         var terms = ImmutableArray.CreateBuilder<TermSource>(sources.Count);
         double divisor = 1.0;
