@@ -1,4 +1,5 @@
 using System.CommandLine;
+using MergeCluster.Engine.Ledger;
 using MergeCluster.Merge;
 using MergeCluster.Safetensors;
 
@@ -46,6 +47,7 @@ public static class CliRunner
     {
         SafetensorsException s => s.Message,
         MergeException m => m.Message,
+        LedgerException l => l.Message,
         FileNotFoundException f => $"{f.FileName ?? "file"}: not found",
         DirectoryNotFoundException d => d.Message,
         UnauthorizedAccessException u => u.Message,
