@@ -27,6 +27,8 @@ public sealed partial class LedgerConnection
         if (string.IsNullOrEmpty(builder.ApplicationName)) builder.ApplicationName = "mergecluster";
         if (!builder.ContainsKey("Timeout")) builder.Timeout = 5;
         builder.NoResetOnClose = true;
+        // The ledger sends the same dozen statements over and over: prepared once per connection, they skip planning.
+        if (builder.MaxAutoPrepare == 0) builder.MaxAutoPrepare = 32;
         ConnectionString = builder.ConnectionString;
         Display = $"{(builder.Username is { Length: > 0 } u ? u + "@" : "")}{builder.Host ?? "localhost"}:{builder.Port}/{builder.Database ?? builder.Username}";
     }

@@ -66,7 +66,8 @@ public sealed class PostgresLedger : ILedger
                 // Pooled connections to a restarted server are all dead: drop them rather than fail on each in turn.
                 _dataSource.Clear();
                 MergeTelemetry.LedgerRetries.Add(1);
-                _options.Log?.Invoke($"ledger {Display}: {Describe(args.Outcome.Exception)}; retry {args.AttemptNumber + 1} in {args.RetryDelay.TotalSeconds:0.0} s");
+                // One line per call that starts retrying, not one per retry: an outage is loud enough as it is.
+                if (args.AttemptNumber == 0) _options.Log?.Invoke($"ledger {Display}: {Describe(args.Outcome.Exception)}; retrying");
                 return ValueTask.CompletedTask;
             },
         }).Build();
