@@ -34,6 +34,20 @@ public sealed class RuntimeTests : IDisposable
 
     private string Log => string.Join('\n', _log);
 
+    /// <summary>Runs one job on a fresh memory ledger with one silo, s1; <paramref name="during"/> acts while it runs.</summary>
+    private async Task<(MemoryLedger Ledger, JobRecord Job)> RunJobAsync(string recipe, Func<MemoryLedger, long, Task>? during = null)
+    {
+        var ledger = new MemoryLedger();
+        using var drain = new CancellationTokenSource();
+        var silo = NewSilo(ledger, "s1").RunAsync(drain.Token);
+        long id = await ledger.SubmitJobAsync(new JobSubmission(recipe, _root.Path, "", null), default);
+        if (during is not null) await during(ledger, id);
+        var job = await FinishedAsync(ledger, id);
+        drain.Cancel();
+        await silo;
+        return (ledger, job);
+    }
+
     [Fact]
     public async Task An_embedded_run_writes_the_leaves_in_order_and_removes_its_scratch()
     {
@@ -43,6 +57,18 @@ public sealed class RuntimeTests : IDisposable
         Assert.True(job.State == JobState.Succeeded, Log);
         Assert.Equal(Expected(7, 3000), await File.ReadAllBytesAsync(_root.File("out/merged.bin")));
         Assert.Equal(["merged.bin"], Directory.GetFileSystemEntries(_root.File("out")).Select(Path.GetFileName));
+    }
+
+    [Fact]
+    public async Task Cancelling_an_embedded_run_cancels_its_job_and_cleans_up()
+    {
+        using var cts = new CancellationTokenSource();
+        var run = EmbeddedRun.RunAsync(new FileTestEngine(Roots), "output = out.bin\nleaves = 2\ngate = leaf0:never.flag\n", _root.Path, "", 2, cts.Token, _log.Enqueue, Fast);
+        await Poll.UntilAsync(() => Directory.Exists(_root.File(".mergecluster-job1")), "the job starts");
+        cts.Cancel();
+        var job = await run;
+        Assert.Equal((JobState.Cancelled, "cancelled"), (job.State, job.Error));
+        Assert.False(Directory.Exists(_root.File(".mergecluster-job1")), Log);
     }
 
     [Fact]
@@ -73,21 +99,18 @@ public sealed class RuntimeTests : IDisposable
     [Fact]
     public async Task Cancelling_a_job_stops_its_running_task_and_cleans_up()
     {
-        await using var ledger = new MemoryLedger();
-        var recipe = "output = out.bin\nleaves = 3\ngate = leaf1:never.flag\n";
-        using var drain = new CancellationTokenSource();
-        var silo = NewSilo(ledger, "s1").RunAsync(drain.Token);
-        long id = await ledger.SubmitJobAsync(new JobSubmission(recipe, _root.Path, "", null), default);
-        await Poll.UntilAsync(async () => (await ledger.ListTasksAsync(id, default)).Any(t => t is { Name: "leaf1", State: TaskState.Leased }), "leaf1 runs");
-        Assert.True(Directory.Exists(_root.File($".mergecluster-job{id}")));
+        var (ledger, job) = await RunJobAsync("output = out.bin\nleaves = 3\ngate = leaf1:never.flag\n", async (ledger, id) =>
+        {
+            await Poll.UntilAsync(async () => (await ledger.ListTasksAsync(id, default)).Any(t => t is { Name: "leaf1", State: TaskState.Leased }), "leaf1 runs");
+            Assert.True(Directory.Exists(_root.File($".mergecluster-job{id}")));
+            Assert.True(await ledger.CancelJobAsync(id, default));
+        });
+        long id = job.Id;
 
-        Assert.True(await ledger.CancelJobAsync(id, default));
-        var job = await FinishedAsync(ledger, id);
-        // The worker notices at its next renewal and abandons the task.
-        await Poll.UntilAsync(() => Log.Contains("abandoned job 1 task leaf1"), "the worker abandons leaf1");
-        drain.Cancel();
-        await silo;
-
+        // The worker noticed at its next renewal and gave the task back before the coordinator cleaned up.
+        Assert.Contains("abandoned job 1 task leaf1 (attempt 1)", Log);
+        Assert.Equal(TaskState.Pending, (await ledger.ListTasksAsync(id, default)).Single(t => t.Name == "leaf1").State);
+        Assert.True(Log.IndexOf("released job 1 task leaf1", StringComparison.Ordinal) < Log.IndexOf("job 1 cancelled", StringComparison.Ordinal), Log);
         Assert.Equal(JobState.Cancelled, job.State);
         Assert.False(Directory.Exists(_root.File($".mergecluster-job{id}")), Log);
         Assert.False(File.Exists(_root.File("out.bin")));
@@ -96,14 +119,8 @@ public sealed class RuntimeTests : IDisposable
     [Fact]
     public async Task A_deterministically_failing_task_fails_the_job_after_bounded_attempts()
     {
-        await using var ledger = new MemoryLedger();
-        var recipe = "output = out.bin\nleaves = 4\nfail = leaf2\n";
-        using var drain = new CancellationTokenSource();
-        var silo = NewSilo(ledger, "s1").RunAsync(drain.Token);
-        long id = await ledger.SubmitJobAsync(new JobSubmission(recipe, _root.Path, "", null), default);
-        var job = await FinishedAsync(ledger, id);
-        drain.Cancel();
-        await silo;
+        var (ledger, job) = await RunJobAsync("output = out.bin\nleaves = 4\nfail = leaf2\n");
+        long id = job.Id;
 
         Assert.Equal(JobState.Failed, job.State);
         Assert.Equal("task leaf2 failed after 3 attempts: leaf2: read error (injected by the test recipe)", job.Error);
@@ -115,13 +132,8 @@ public sealed class RuntimeTests : IDisposable
     [Fact]
     public async Task A_recipe_writing_outside_the_data_roots_is_refused_at_planning()
     {
-        await using var ledger = new MemoryLedger();
-        using var drain = new CancellationTokenSource();
-        var silo = NewSilo(ledger, "s1").RunAsync(drain.Token);
-        long id = await ledger.SubmitJobAsync(new JobSubmission("output = ../escaped.bin\nleaves = 2\n", _root.Path, "", null), default);
-        var job = await FinishedAsync(ledger, id);
-        drain.Cancel();
-        await silo;
+        var (ledger, job) = await RunJobAsync("output = ../escaped.bin\nleaves = 2\n");
+        long id = job.Id;
 
         Assert.Equal(JobState.Failed, job.State);
         Assert.StartsWith("plan: ../escaped.bin: outside the data roots", job.Error);

@@ -105,10 +105,12 @@ public sealed class Coordinator(ILedger ledger, IJobEngine engine, string silo, 
         using (var activity = MergeTelemetry.Source.StartActivity(MergeTelemetry.PlanSpan))
         {
             activity?.SetTag(MergeTelemetry.JobTag, job.Id).SetTag(MergeTelemetry.SiloTag, silo);
+            var silos = await ledger.LiveSilosAsync(options.LiveWithin, ct);
+            // Only the engine's verdict fails the job; a ledger outage here propagates and the plan is retried.
             try
             {
-                var silos = await ledger.LiveSilosAsync(options.LiveWithin, ct);
                 plan = await engine.PlanAsync(job, silos, ct);
+                TaskGraph.Validate(plan);
                 activity?.SetTag("mergecluster.tasks", plan.Count).SetTag(MergeTelemetry.BytesTag, plan.Sum(t => t.Bytes));
             }
             catch (Exception e) when (!ct.IsCancellationRequested)
@@ -145,9 +147,17 @@ public sealed class Coordinator(ILedger ledger, IJobEngine engine, string silo, 
         log($"coordinator: job {job.Id} succeeded");
     }
 
-    /// <summary>Cleans up after a failed or cancelled job, then records its end.</summary>
+    /// <summary>
+    /// Cleans up after a failed or cancelled job, then records its end. Attempts still running learn of the end at
+    /// their next renewal and release their tasks; cleanup waits for that (at most a lease) so it does not race them.
+    /// </summary>
     private async Task EndAsync(JobRecord job, JobState state, string? error, CancellationToken ct)
     {
+        var deadline = DateTimeOffset.UtcNow + options.TaskLease;
+        while ((await ledger.CountTasksAsync(job.Id, ct)).Leased > 0 && DateTimeOffset.UtcNow < deadline)
+        {
+            await Task.Delay(options.ProgressInterval, ct);
+        }
         try
         {
             await engine.CleanupAsync(job, ct);

@@ -83,8 +83,16 @@ public sealed class Worker(ILedger ledger, IJobEngine engine, string silo, Runti
         }
         catch (Exception) when (keeper.IsLost)
         {
-            outcome = "lost";
             log($"abandoned {Describe(lease)}: {keeper.Reason}");
+            // Gives the task back if no other attempt took it (the job ended, or the ledger was unreachable for a
+            // lease period): the coordinator then knows no attempt is still writing when it cleans up.
+            outcome = await ReportAsync("released", ct => ledger.ReleaseTaskAsync(lease, ct));
+        }
+        catch (LedgerException e)
+        {
+            // The ledger failed us (reading the job row), not the task: no attempt is charged for it.
+            log($"{Describe(lease)} interrupted by the ledger: {e.Message}");
+            outcome = await ReportAsync("released", ct => ledger.ReleaseTaskAsync(lease, ct));
         }
         catch (Exception) when (run.IsCancellationRequested)
         {

@@ -39,9 +39,12 @@ public sealed class ClusterFixture : IAsyncDisposable
     }
 
     /// <summary>Starts a silo process and waits until it has joined the cluster.</summary>
-    public async Task<SiloProcess> StartSiloAsync(string name, params string[] args)
+    public Task<SiloProcess> StartSiloAsync(string name, params string[] args) => StartSiloAsync(name, new Dictionary<string, string>(), args);
+
+    /// <summary>As above, with extra environment variables for the silo process.</summary>
+    public async Task<SiloProcess> StartSiloAsync(string name, IReadOnlyDictionary<string, string> environment, params string[] args)
     {
-        var silo = await SiloProcess.StartAsync(Ledger, name, Root.Path, args);
+        var silo = await SiloProcess.StartAsync(Ledger, name, Root.Path, environment, args);
         _silos.Add(silo);
         await silo.WaitForOutputAsync("joined with");
         return silo;

@@ -33,7 +33,11 @@ public sealed partial class SiloProcess : IAsyncDisposable
     /// Starts <c>mergecluster silo --name NAME --data-root ROOT [args...]</c>. The test engine is chosen with
     /// <c>"--engine", "test"</c> in <paramref name="args"/>; merge-level tests leave it out.
     /// </summary>
-    public static async Task<SiloProcess> StartAsync(string ledger, string name, string dataRoot, params string[] args)
+    public static Task<SiloProcess> StartAsync(string ledger, string name, string dataRoot, params string[] args) =>
+        StartAsync(ledger, name, dataRoot, new Dictionary<string, string>(), args);
+
+    /// <summary>As above, with extra environment variables (OTEL_* for instance).</summary>
+    public static async Task<SiloProcess> StartAsync(string ledger, string name, string dataRoot, IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         var info = new ProcessStartInfo("dotnet")
         {
@@ -44,6 +48,7 @@ public sealed partial class SiloProcess : IAsyncDisposable
         foreach (var arg in new[] { await MergeClusterCli.DllAsync(), "silo", "--name", name, "--data-root", dataRoot }.Concat(args)) info.ArgumentList.Add(arg);
         info.Environment["MERGECLUSTER_LEDGER"] = ledger;
         info.Environment.Remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        foreach (var (key, value) in environment) info.Environment[key] = value;
         var process = Process.Start(info)!;
         var silo = new SiloProcess(process, name);
         process.OutputDataReceived += (_, e) => silo.Append(e.Data);
