@@ -12,9 +12,9 @@ namespace MergeCluster.Cluster.Tests;
 public abstract class LedgerContractTests : IAsyncLifetime
 {
     private static readonly TimeSpan Long = TimeSpan.FromMinutes(5);
-    private static readonly TimeSpan Short = TimeSpan.FromMilliseconds(250);
+    private static readonly TimeSpan Short = TimeSpan.FromMilliseconds(500);
     /// <summary>Comfortably longer than <see cref="Short"/>, so a short lease has expired by then.</summary>
-    private static readonly TimeSpan PastShort = TimeSpan.FromMilliseconds(600);
+    private static readonly TimeSpan PastShort = TimeSpan.FromMilliseconds(1200);
 
     protected ILedger Ledger { get; private set; } = null!;
 
