@@ -29,7 +29,9 @@ public sealed class Coordinator(ILedger ledger, IJobEngine engine, string silo, 
                     running.Add(CoordinateAsync(job, drain, abort));
                     continue;
                 }
-                await ledger.WaitForWorkAsync(options.PollInterval, stopping.Token);
+                // A timer, not WaitForWork: that wakes on every task completion, and a poll per completion per silo
+                // would cost the ledger a round trip per task per silo just to look for new jobs.
+                await Task.Delay(options.PollInterval, stopping.Token);
             }
             catch (Exception e)
             {

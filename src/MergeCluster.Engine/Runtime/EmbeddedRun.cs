@@ -13,7 +13,8 @@ public static class EmbeddedRun
     public static async Task<JobRecord> RunAsync(IJobEngine engine, string recipeText, string recipeDirectory, string options, int threads,
         CancellationToken ct, Action<string>? log = null, RuntimeOptions? runtime = null)
     {
-        runtime ??= RuntimeOptions.ForLease(TimeSpan.FromSeconds(30));
+        // In memory a progress check costs nothing, so the job's end is noticed at once rather than within a second.
+        runtime ??= RuntimeOptions.ForLease(TimeSpan.FromSeconds(30)) with { ProgressInterval = TimeSpan.FromMilliseconds(10) };
         await using var ledger = new MemoryLedger();
         using var root = MergeTelemetry.StartJob(recipeDirectory, out var traceParent);
         long jobId = await ledger.SubmitJobAsync(new JobSubmission(recipeText, recipeDirectory, options, traceParent), CancellationToken.None);

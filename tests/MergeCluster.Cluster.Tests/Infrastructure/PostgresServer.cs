@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Npgsql;
@@ -18,7 +19,7 @@ public sealed class PostgresServer : IAsyncDisposable
     private static readonly Lazy<Task<PostgresServer>> SharedServer = new(async () =>
     {
         var server = await StartAsync();
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => server.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => Stop(server.Directory);
         return server;
     });
 
@@ -48,7 +49,7 @@ public sealed class PostgresServer : IAsyncDisposable
                 .Where(d => File.Exists(System.IO.Path.Join(d, "initdb"))).OrderByDescending(d => d, StringComparer.Ordinal).FirstOrDefault()
             : null;
         if (bin is null) throw new InvalidOperationException("PostgreSQL is not installed: run scripts/test.sh (it apt-get installs postgresql)");
-        await StopOrphansAsync(bin);
+        StopOrphans();
 
         var directory = System.IO.Directory.CreateTempSubdirectory("mergecluster-pg-").FullName;
         await File.WriteAllTextAsync(System.IO.Path.Join(directory, "owner.pid"), Environment.ProcessId.ToString());
@@ -92,35 +93,47 @@ public sealed class PostgresServer : IAsyncDisposable
     private Task<ProcessRunner.Result> PgCtlAsync(string action, params string[] args) =>
         ProcessRunner.RunAsPostgresAsync(System.IO.Path.Join(_bin, "pg_ctl"), ["-D", DataDirectory, "-l", System.IO.Path.Join(Directory, "log"), "-w", "-t", "60", action, .. args]);
 
-    public async ValueTask DisposeAsync()
+    public ValueTask DisposeAsync()
     {
-        await PgCtlAsync("stop", "-m", "immediate");
+        Stop(Directory);
+        return ValueTask.CompletedTask;
+    }
+
+    /// <summary>
+    /// Immediate shutdown (SIGQUIT to the postmaster), then the directory goes, both done by a detached shell: the test
+    /// host may be killed moments after its exit handlers start, and thousands of files (a database per test) take a while.
+    /// </summary>
+    private static void Stop(string directory)
+    {
+        var pidFile = System.IO.Path.Join(directory, "data", "postmaster.pid");
+        // Only a postmaster serving this very directory is signalled, never a process that reused its pid.
+        var stop = File.Exists(pidFile) && int.TryParse(File.ReadLines(pidFile).FirstOrDefault(), out int pid) && ServesDirectory(pid, directory)
+            ? $"kill -QUIT {pid}; sleep 1; "
+            : "";
+        Process.Start("sh", ["-c", stop + "rm -rf \"$0\"", directory])?.Dispose();
+    }
+
+    private static bool ServesDirectory(int pid, string directory)
+    {
         try
         {
-            System.IO.Directory.Delete(Directory, recursive: true);
+            return File.ReadAllText($"/proc/{pid}/cmdline").Contains(System.IO.Path.Join(directory, "data"), StringComparison.Ordinal);
         }
         catch (IOException)
         {
+            return false;
         }
     }
 
     /// <summary>Servers left behind by a test host that died (its owner.pid no longer runs) are stopped and removed.</summary>
-    private static async Task StopOrphansAsync(string bin)
+    private static void StopOrphans()
     {
         foreach (var dir in System.IO.Directory.GetDirectories(System.IO.Path.GetTempPath(), "mergecluster-pg-*"))
         {
             var ownerFile = System.IO.Path.Join(dir, "owner.pid");
-            if (!File.Exists(ownerFile) || !int.TryParse(await File.ReadAllTextAsync(ownerFile), out int owner)) continue;
+            if (!File.Exists(ownerFile) || !int.TryParse(File.ReadAllText(ownerFile), out int owner)) continue;
             if (System.IO.Directory.Exists($"/proc/{owner}")) continue;
-            if (File.Exists(System.IO.Path.Join(dir, "data", "postmaster.pid")))
-                await ProcessRunner.RunAsPostgresAsync(System.IO.Path.Join(bin, "pg_ctl"), "-D", System.IO.Path.Join(dir, "data"), "-m", "immediate", "-w", "stop");
-            try
-            {
-                System.IO.Directory.Delete(dir, recursive: true);
-            }
-            catch (IOException)
-            {
-            }
+            Stop(dir);
         }
     }
 
