@@ -1,4 +1,5 @@
 using System.CommandLine;
+using MergeCluster.Engine.Ledger;
 using MergeCluster.Merge;
 using MergeCluster.Safetensors;
 
@@ -47,6 +48,7 @@ public static class CliRunner
         SafetensorsException s => s.Message,
         MergeException m => m.Message,
         MergeCluster.Engine.Runtime.PermanentTaskException p => p.InnerException is { } inner && Describe(inner) is { } line ? line : p.Message,
+        LedgerException l => l.Message,
         FileNotFoundException f => $"{f.FileName ?? "file"}: not found",
         DirectoryNotFoundException d => d.Message,
         UnauthorizedAccessException u => u.Message,

@@ -23,15 +23,22 @@ public interface ILedger : IAsyncDisposable
     Task<bool> CancelJobAsync(long jobId, CancellationToken ct);
 
     /// <summary>
-    /// Takes the coordinator lease of some unfinished job whose lease is free or expired, so exactly one
+    /// Takes the coordinator lease of some unfinished job (not yet finished by <see cref="FinishJobAsync"/>, so a job
+    /// failed by a task or cancelled still gets its cleanup) whose lease is free or expired, so exactly one
     /// coordinator acts for a job at a time. Returns null when there is none.
     /// </summary>
     Task<JobRecord?> TryAcquireCoordinatorAsync(string silo, TimeSpan lease, CancellationToken ct);
-    /// <summary>Extends the coordinator lease; false when it was lost (expired and taken by another silo).</summary>
+    /// <summary>
+    /// Extends the coordinator lease; false when it was lost (expired and taken by another silo) or the job has ended.
+    /// A zero duration hands the job over at once (a draining silo).
+    /// </summary>
     Task<bool> RenewCoordinatorAsync(long jobId, string silo, TimeSpan lease, CancellationToken ct);
     /// <summary>Stores the plan's tasks and moves the job to Running, in one transaction. Idempotent per job.</summary>
     Task AddTasksAsync(long jobId, string silo, IReadOnlyList<TaskSpec> tasks, CancellationToken ct);
-    /// <summary>Ends a job: Succeeded, Failed (with its error) or Cancelled.</summary>
+    /// <summary>
+    /// Ends a job: Succeeded, Failed (with its error) or Cancelled, and sets FinishedAt. A job already failed by a
+    /// task or cancelled keeps that state and its first error.
+    /// </summary>
     Task FinishJobAsync(long jobId, JobState state, string? error, CancellationToken ct);
 
     // ---- tasks ----
@@ -40,16 +47,20 @@ public interface ILedger : IAsyncDisposable
     /// in PostgreSQL with FOR UPDATE SKIP LOCKED. Expired leases count as free. Null when none is ready.
     /// </summary>
     Task<TaskLease?> ClaimTaskAsync(string silo, TimeSpan lease, CancellationToken ct);
-    /// <summary>False when the lease was lost; the worker must then abandon the attempt.</summary>
+    /// <summary>False when the lease was lost or the job stopped running; the worker must then abandon the attempt.</summary>
     Task<bool> RenewTaskAsync(TaskLease lease, TimeSpan duration, CancellationToken ct);
-    Task CompleteTaskAsync(TaskLease lease, CancellationToken ct);
+    /// <summary>Marks the task done and unblocks its dependents; false when this attempt no longer holds the lease.</summary>
+    Task<bool> CompleteTaskAsync(TaskLease lease, CancellationToken ct);
     /// <summary>
     /// Records a failed attempt. A permanent failure, or the last allowed attempt, fails the task and its job.
+    /// False when this attempt no longer holds the lease.
     /// </summary>
-    Task FailTaskAsync(TaskLease lease, string error, bool permanent, CancellationToken ct);
-    /// <summary>Gives a task back unfinished (a draining silo) without counting an attempt.</summary>
-    Task ReleaseTaskAsync(TaskLease lease, CancellationToken ct);
+    Task<bool> FailTaskAsync(TaskLease lease, string error, bool permanent, CancellationToken ct);
+    /// <summary>Gives a task back unfinished (a draining silo) without counting an attempt; false when the lease was lost.</summary>
+    Task<bool> ReleaseTaskAsync(TaskLease lease, CancellationToken ct);
     Task<IReadOnlyList<TaskRecord>> ListTasksAsync(long jobId, CancellationToken ct);
+    /// <summary>A job's tasks by state in one cheap query: what the coordinator and <c>submit --wait</c> poll.</summary>
+    Task<TaskCounts> CountTasksAsync(long jobId, CancellationToken ct);
 
     /// <summary>Waits until work may be available (LISTEN/NOTIFY where the store has it) or the timeout passes.</summary>
     Task WaitForWorkAsync(TimeSpan timeout, CancellationToken ct);
@@ -75,7 +86,15 @@ public enum TaskState { Pending, Leased, Done, Failed }
 public sealed record TaskSpec(string Name, string Kind, string Payload, IReadOnlyList<string> DependsOn, long Bytes, string? PreferredSilo = null);
 
 /// <summary>A claimed task: the attempt number scopes its scratch files, the trace parent links its span to the job's trace.</summary>
-public sealed record TaskLease(long JobId, long TaskId, string Name, string Kind, string Payload, int Attempt, string Silo, DateTimeOffset LeaseUntil, string? TraceParent);
+public sealed record TaskLease(long JobId, long TaskId, string Name, string Kind, string Payload, int Attempt, string Silo, DateTimeOffset LeaseUntil, string? TraceParent, long Bytes = 0);
 
-/// <summary>A task row as <c>status</c> shows it.</summary>
-public sealed record TaskRecord(long TaskId, string Name, string Kind, TaskState State, int Attempts, string? Silo, DateTimeOffset? LeaseUntil, string? Error, long Bytes);
+/// <summary>A task row as <c>status</c> shows it; StartedAt/FinishedAt are those of its latest attempt.</summary>
+public sealed record TaskRecord(
+    long TaskId, string Name, string Kind, TaskState State, int Attempts, string? Silo, DateTimeOffset? LeaseUntil, string? Error, long Bytes,
+    DateTimeOffset? StartedAt = null, DateTimeOffset? FinishedAt = null);
+
+/// <summary>How many of a job's tasks are in each state.</summary>
+public sealed record TaskCounts(int Pending, int Leased, int Done, int Failed)
+{
+    public int Total => Pending + Leased + Done + Failed;
+}
