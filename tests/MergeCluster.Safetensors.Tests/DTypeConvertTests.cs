@@ -289,6 +289,26 @@ public class DTypeConvertTests
             }
     }
 
+    [Theory, MemberData(nameof(FloatTypes))]
+    public void Conversions_allocate_nothing(DType type)
+    {
+        const int n = 1000;
+        var stored = new byte[n * type.Size()];
+        var doubles = new double[n];
+        var singles = new float[n];
+        void ConvertAll()
+        {
+            DTypeConvert.ToFloat64(type, stored, doubles);
+            DTypeConvert.ToFloat32(type, stored, singles);
+            DTypeConvert.FromFloat64(doubles, type, stored);
+            DTypeConvert.FromFloat32(singles, type, stored);
+        }
+        ConvertAll(); // first calls may allocate while the runtime initialises
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 10; i++) ConvertAll();
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+
     [Fact]
     public void Mismatched_lengths_and_integer_types_are_refused()
     {
