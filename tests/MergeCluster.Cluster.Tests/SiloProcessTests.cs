@@ -25,7 +25,7 @@ public sealed class SiloProcessTests(ITestOutputHelper output)
         var recipe = cluster.WriteRecipe("output = out/merged.bin\nleaves = 12\nleaf_bytes = 20000\nchunk_ms = 10\n");
         Directory.CreateDirectory(cluster.Root.File("out"));
 
-        var submit = await cluster.CliAsync("submit", recipe, "--wait");
+        var submit = await cluster.CliAsync("submit", recipe, "--wait", "--engine", "test");
         Assert.True(submit.ExitCode == 0, submit.Output);
         long id = long.Parse(submit.Stdout.Trim());
         Assert.Contains($"job {id}: succeeded", submit.Stderr);
@@ -42,7 +42,7 @@ public sealed class SiloProcessTests(ITestOutputHelper output)
 
         // A recipe whose output escapes the data roots is refused, and --wait says so in one line.
         var escaping = cluster.WriteRecipe("output = ../escaped.bin\nleaves = 2\n", "escaping.txt");
-        var refused = await cluster.CliAsync("submit", escaping, "--wait");
+        var refused = await cluster.CliAsync("submit", escaping, "--wait", "--engine", "test");
         Assert.Equal(1, refused.ExitCode);
         var error = refused.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries).Last();
         Assert.Matches(@"^error: job \d+ failed: plan: \.\./escaped\.bin: outside the data roots", error);
@@ -127,7 +127,7 @@ public sealed class SiloProcessTests(ITestOutputHelper output)
     {
         await using var cluster = await ClusterFixture.CreateAsync(output);
         await Task.WhenAll(cluster.StartSiloAsync("s1", TestSilo), cluster.StartSiloAsync("s2", TestSilo));
-        var submit = await cluster.CliAsync("submit", cluster.WriteRecipe("output = out.bin\nleaves = 4\nfail = leaf1\n"), "--wait");
+        var submit = await cluster.CliAsync("submit", cluster.WriteRecipe("output = out.bin\nleaves = 4\nfail = leaf1\n"), "--wait", "--engine", "test");
         Assert.Equal(1, submit.ExitCode);
         long id = long.Parse(submit.Stdout.Trim());
         const string error = "task leaf1 failed after 3 attempts: leaf1: read error (injected by the test recipe)";
@@ -156,7 +156,7 @@ public sealed class SiloProcessTests(ITestOutputHelper output)
 
         using var temp = new TempDirectory();
         File.WriteAllText(temp.File("recipe.txt"), "output = out.bin\n");
-        var none = await MergeClusterCli.RunAsync(null, "submit", temp.File("recipe.txt"));
+        var none = await MergeClusterCli.RunAsync(null, "submit", temp.File("recipe.txt"), "--engine", "test");
         Assert.Equal((1, "error: no ledger given: pass --ledger CONNECTION or set MERGECLUSTER_LEDGER"), (none.ExitCode, none.Stderr.Trim()));
 
         var server = await PostgresServer.Shared;

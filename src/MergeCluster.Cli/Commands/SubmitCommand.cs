@@ -2,7 +2,9 @@ using System.CommandLine;
 using MergeCluster.Cluster.Telemetry;
 using MergeCluster.Engine.Ledger;
 using MergeCluster.Engine.Telemetry;
+using MergeCluster.Engine.Execution;
 using MergeCluster.Merge;
+using MergeCluster.Merge.Recipes;
 
 namespace MergeCluster.Cli.Commands;
 
@@ -14,25 +16,37 @@ public static class SubmitCommand
         var recipe = new Argument<FileInfo>("RECIPE") { Description = "recipe file; its relative paths resolve against its directory" };
         var ledger = LedgerOption.Create();
         var wait = new Option<bool>("--wait") { Description = "show progress until the job ends; exit non-zero unless it succeeded" };
+        var shardMb = new Option<int>("--shard-mb") { Description = "input megabytes per shard (does not change the output)", DefaultValueFactory = _ => 256 };
+        var noHash = new Option<bool>("--no-hash") { Description = "do not hash inputs into the output metadata" };
+        // Only the cluster tests' file-writing engine takes recipes that are not merge recipes.
+        var engine = new Option<string>("--engine") { Hidden = true, DefaultValueFactory = _ => "merge" };
         var command = new Command("submit", "submit a recipe to the cluster and print the job id");
         command.Arguments.Add(recipe);
         command.Options.Add(ledger);
         command.Options.Add(wait);
+        command.Options.Add(shardMb);
+        command.Options.Add(noHash);
+        command.Options.Add(engine);
         command.SetAction(async (parse, ct) =>
         {
             var file = parse.GetValue(recipe)!;
             if (!file.Exists) throw new FileNotFoundException(null, file.FullName);
             var text = await File.ReadAllTextAsync(file.FullName, ct);
             var directory = file.DirectoryName!;
-            // VALIDATION SPOT (lead): replace with the Recipe code's parse + canonical text, so bad recipes fail here.
-            var canonical = text;
+            string options = "";
+            if (parse.GetValue(engine) == "merge")
+            {
+                // Mistakes in the recipe itself fail here, with their line; paths are checked by the silos against their data roots.
+                _ = Recipe.Parse(text, directory, file.FullName);
+                options = new MergeJobOptions { Shape = TaskShape.Tree, ShardBytes = Math.Max(1, parse.GetValue(shardMb)) * (1L << 20), HashInputs = !parse.GetValue(noHash) }.ToJson();
+            }
 
             await using var client = await LedgerOption.OpenClientAsync(parse.GetValue(ledger), ct);
             long id;
             using (TelemetryExport.Start("submit"))
             using (var root = MergeTelemetry.StartJob(file.FullName, out var traceParent))
             {
-                id = await client.SubmitJobAsync(new JobSubmission(canonical, directory, "", traceParent), ct);
+                id = await client.SubmitJobAsync(new JobSubmission(text, directory, options, traceParent), ct);
                 root?.SetTag(MergeTelemetry.JobTag, id);
             }
             Console.WriteLine(id);

@@ -61,10 +61,13 @@ public sealed class ClusterFixture : IAsyncDisposable
     /// <summary>Runs a CLI command against this cluster's ledger.</summary>
     public Task<ProcessRunner.Result> CliAsync(params string[] args) => MergeClusterCli.RunAsync(Ledger, args);
 
-    /// <summary><c>submit RECIPE</c> without waiting; returns the job id it printed.</summary>
-    public async Task<long> SubmitAsync(string recipe)
+    /// <summary><c>submit RECIPE</c> of the test engine without waiting; returns the job id it printed.</summary>
+    public Task<long> SubmitAsync(string recipe) => SubmitAsync(recipe, "--engine", "test");
+
+    /// <summary><c>submit RECIPE [options]</c> without waiting; returns the job id it printed.</summary>
+    public async Task<long> SubmitAsync(string recipe, params string[] options)
     {
-        var result = await CliAsync("submit", recipe);
+        var result = await CliAsync(["submit", recipe, .. options]);
         Assert.True(result.ExitCode == 0, result.Output);
         return long.Parse(result.Stdout.Trim());
     }
