@@ -1,4 +1,6 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
+using MergeCluster.Engine.Telemetry;
 using System.Text.Json;
 using MergeCluster.Engine.Ledger;
 using MergeCluster.Engine.Planning;
@@ -127,6 +129,10 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         var payload = MergeTaskPayload.FromJson(lease.Payload);
         var shard = context.Plan.Shards[payload.Shard];
         var executor = context.RentExecutor(Progress);
+        long read0 = executor.BytesRead, written0 = executor.BytesWritten;
+        var span = Activity.Current;
+        span?.SetTag(MergeTelemetry.ShardTag, shard.Index);
+        span?.SetTag(MergeTelemetry.ModelsTag, ModelsOf(context.Plan, shard, lease.Kind == KindLeaf ? payload.Index : null));
         try
         {
             switch (lease.Kind)
@@ -165,8 +171,23 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         }
         finally
         {
+            long read = executor.BytesRead - read0, written = executor.BytesWritten - written0;
+            span?.SetTag("mergecluster.bytes.read", read);
+            span?.SetTag("mergecluster.bytes.written", written);
+            MergeTelemetry.BytesRead.Add(read);
+            MergeTelemetry.BytesWritten.Add(written);
             context.ReturnExecutor(executor);
         }
+    }
+
+    /// <summary>The models a task reads, for its span: all of the shard's, or one reduction group's.</summary>
+    private static string ModelsOf(MergePlan plan, Shard shard, int? group)
+    {
+        var names = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (int i in shard.TensorIndices)
+            foreach (var t in plan.Tensors[i].Terms)
+                if (group is null || t.Group == group) names.Add(plan.Inputs[t.Input].Name);
+        return string.Join(",", names);
     }
 
     /// <summary>Re-derives the coordinator's plan from the recipe and the input hashes fixed in the preallocated output.</summary>
@@ -187,6 +208,9 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
 
     private static void WritePartial(JobContext context, Shard shard, PartialNode node, int attempt, Action<Stream> produce)
     {
+        using var span = MergeTelemetry.Source.StartActivity("mergecluster.write.partial");
+        span?.SetTag(MergeTelemetry.ShardTag, shard.Index);
+        span?.SetTag("mergecluster.partial", node.Name(shard));
         // An attempt writes its own file and commits it by rename, so a dead attempt's bytes never reach a reader.
         string final = PartialPath(context, shard, node);
         string temp = $"{final}.a{attempt}.{Environment.ProcessId}.tmp";
@@ -209,6 +233,7 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     private static FileStream OpenPartial(JobContext context, Shard shard, PartialNode node)
     {
         string path = PartialPath(context, shard, node);
+        Activity.Current?.AddEvent(new ActivityEvent("mergecluster.read.partial", tags: new ActivityTagsCollection { ["mergecluster.partial"] = node.Name(shard) }));
         try { return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20, FileOptions.SequentialScan); }
         catch (FileNotFoundException e)
         {

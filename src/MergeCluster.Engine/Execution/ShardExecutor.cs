@@ -23,6 +23,11 @@ public sealed class ShardExecutor
     private readonly double[][] _groups;
     private readonly bool[] _present;
 
+    /// <summary>Bytes this executor read from models and partials since it was created (for task telemetry).</summary>
+    public long BytesRead { get; private set; }
+    /// <summary>Bytes this executor wrote to the output and partials.</summary>
+    public long BytesWritten { get; private set; }
+
     public ShardExecutor(MergePlan plan, InputSet inputs, MergeProgress? progress = null, int chunkElements = DefaultChunkElements)
     {
         _plan = plan;
@@ -72,6 +77,7 @@ public sealed class ShardExecutor
                 int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
                 SumGroup(tensor, group, start, n);
                 partial.Write(MemoryMarshal.AsBytes(_groups[group].AsSpan(0, n)));
+                BytesWritten += n * sizeof(double);
             }
         }
     }
@@ -97,6 +103,7 @@ public sealed class ShardExecutor
                 if (hasRight) ReadDoubles(rightData, _groups[1].AsSpan(0, n));
                 ReductionTree.CombineInto(_present, _groups, 0, 1, n);
                 partial.Write(MemoryMarshal.AsBytes(_groups[0].AsSpan(0, n)));
+                BytesWritten += n * sizeof(double);
             }
         }
     }
@@ -137,6 +144,7 @@ public sealed class ShardExecutor
             int size = term.Tensor.DType.Size();
             var raw = _raw.AsSpan(0, n * size);
             _inputs.Read(term, start * size, raw);
+            BytesRead += raw.Length;
             MergeKernels.Accumulate(term.Tensor.DType, raw, term.Coefficient, acc, _scratch);
             _progress?.Add(raw.Length, 0, tensor.Component);
         }
@@ -149,6 +157,7 @@ public sealed class ShardExecutor
         var bytes = _raw.AsSpan(0, n * type.Size());
         MergeKernels.Finish(acc.AsSpan(0, n), tensor.Divisor, type, bytes);
         output.Write(tensor.Output, start * type.Size(), bytes);
+        BytesWritten += bytes.Length;
         _progress?.Add(0, bytes.Length, tensor.Component);
     }
 
@@ -164,6 +173,8 @@ public sealed class ShardExecutor
             int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
             var raw = _raw.AsSpan(0, n * from.Size());
             _inputs.Read(term, start * from.Size(), raw);
+            BytesRead += raw.Length;
+            BytesWritten += (long)n * to.Size();
             if (from == to)
             {
                 output.Write(tensor.Output, start * to.Size(), raw);
@@ -180,6 +191,9 @@ public sealed class ShardExecutor
         }
     }
 
-    private static void ReadDoubles(Stream stream, Span<double> destination) =>
+    private void ReadDoubles(Stream stream, Span<double> destination)
+    {
         stream.ReadExactly(MemoryMarshal.AsBytes(destination));
+        BytesRead += destination.Length * sizeof(double);
+    }
 }
