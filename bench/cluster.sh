@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Cluster overhead benchmark: the same mean recipe merged locally with 2 threads and by 2 silos (1 thread each) on
+# this machine, over a throwaway PostgreSQL ledger. Prints both times, the overhead, the ledger transactions per task,
+# and checks that both outputs are bit-identical.
+#
+#   bench/cluster.sh FILE FILE... [--group G] [--shard-mb N]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mc="$root/mergecluster"
+group=8 shard=256 files=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --group) group=$2; shift 2 ;;
+    --shard-mb) shard=$2; shift 2 ;;
+    *) files+=("$(realpath "$1")"); shift ;;
+  esac
+done
+[[ ${#files[@]} -ge 2 ]] || { echo "usage: bench/cluster.sh FILE FILE... [--group G] [--shard-mb N]" >&2; exit 2; }
+
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+work=$(mktemp -d /var/tmp/mc-cluster-bench.XXXXXX)
+chown postgres "$work"
+port=$((20000 + RANDOM % 20000))
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" stop -m immediate >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+runuser -u postgres -- "$pgbin/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
+runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" -o "-p $port -k $work -c listen_addresses=127.0.0.1" -l "$work/pg.log" start >/dev/null
+export MERGECLUSTER_LEDGER="Host=127.0.0.1;Port=$port;Username=postgres;Database=postgres"
+psql() { "$pgbin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc "$1"; }
+
+mkdir -p "$work/data"
+{
+  echo "models:"
+  for i in "${!files[@]}"; do echo "  m$i: \"${files[$i]}\""; done
+  echo "components:"
+  echo -n "  all: { method: mean, models: ["; for i in "${!files[@]}"; do [[ $i -gt 0 ]] && echo -n ", "; echo -n "m$i"; done; echo "] }"
+  echo "output: { path: cluster.safetensors, dtype: f16 }"
+  echo "reduce: { group: $group }"
+} > "$work/data/recipe.yaml"
+bytes=$(stat -c %s "${files[@]}" | awk '{s+=$1} END {print s}')
+cat "${files[@]}" > /dev/null  # warm the page cache for both runs
+"$mc" --help > /dev/null      # build the CLI now, not inside a timed run
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { print b - a }'; }
+
+start=$(now)
+"$mc" merge "$work/data/recipe.yaml" -o "$work/data/local.safetensors" --threads 2 --no-hash > /dev/null
+local_s=$(since "$start")
+
+roots=(--data-root "$work/data")
+for f in "${files[@]}"; do roots+=(--data-root "$(dirname "$f")"); done
+for s in s1 s2; do
+  "$mc" silo --name "$s" --threads 1 "${roots[@]}" > "$work/$s.log" 2>&1 &
+  pids+=($!)
+done
+for s in s1 s2; do
+  for _ in $(seq 100); do grep -q "joined with" "$work/$s.log" && break; sleep 0.2; done
+done
+tx0=$(psql "select xact_commit + xact_rollback from pg_stat_database where datname = 'postgres'")
+start=$(now)
+job=$("$mc" submit "$work/data/recipe.yaml" --wait --no-hash --shard-mb "$shard" 2> "$work/submit.log")
+cluster_s=$(since "$start")
+tx1=$(psql "select xact_commit + xact_rollback from pg_stat_database where datname = 'postgres'")
+tasks=$(psql "select count(*) from mergecluster.tasks where job_id = $job")
+
+same=no; cmp -s "$work/data/local.safetensors" "$work/data/cluster.safetensors" && same=yes
+awk -v b="$bytes" -v l="$local_s" -v c="$cluster_s" -v t="$tasks" -v tx="$((tx1 - tx0))" -v same="$same" -v n="${#files[@]}" 'BEGIN {
+  printf "inputs:          %d files, %.2f GB\n", n, b / 1e9
+  printf "local (2 thr):   %.2f s, %.2f GB/s\n", l, b / l / 1e9
+  printf "cluster (2x1):   %.2f s, %.2f GB/s, %d tasks\n", c, b / c / 1e9, t
+  printf "overhead:        %+.1f%%\n", (c / l - 1) * 100
+  printf "ledger:          %d transactions during the job, %.1f per task (all silos and the client, heartbeats included)\n", tx, tx / t
+  printf "bit-identical:   %s\n", same
+}'
