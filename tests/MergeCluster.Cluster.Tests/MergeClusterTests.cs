@@ -100,6 +100,27 @@ public sealed class MergeClusterTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_merge_rides_out_a_postgres_restart_and_still_matches_the_local_merge()
+    {
+        await using var server = await PostgresServer.StartAsync();
+        await using var cluster = await ClusterFixture.CreateAsync(output, server);
+        string recipe = await WriteModelsAndRecipeAsync(cluster, "cluster.safetensors");
+        var silos = await Task.WhenAll(new[] { "s1", "s2" }.Select(n => cluster.StartSiloAsync(n, "--threads", "1", "--lease", "10")));
+        long id = await cluster.SubmitAsync(recipe, "--shard-mb", "1");
+        await Poll.UntilAsync(async () => (await cluster.Client.ListTasksAsync(id, default)).Any(t => t.State == TaskState.Leased), "a task runs");
+
+        // Frozen silos keep the job in flight while the server goes down and comes back.
+        foreach (var s in silos) await ProcessRunner.RunAsync("kill", ["-STOP", s.Pid.ToString()]);
+        await server.RestartAsync(down: TimeSpan.FromSeconds(1));
+        foreach (var s in silos) await ProcessRunner.RunAsync("kill", ["-CONT", s.Pid.ToString()]);
+
+        var job = await cluster.WaitForJobEndAsync(id);
+        Assert.True(job.State == JobState.Succeeded, job.Error + cluster.AllSiloOutput);
+        Assert.All(cluster.Silos, s => Assert.False(s.HasExited, $"{s.Name} exited:\n{s.Output}"));
+        Assert.Equal(await LocalMergeAsync(cluster, recipe), await File.ReadAllBytesAsync(cluster.Root.File("out/cluster.safetensors")));
+    }
+
+    [Fact]
     public async Task A_recipe_whose_models_escape_the_data_root_is_refused_with_the_path()
     {
         await using var cluster = await ClusterFixture.CreateAsync(output);
