@@ -1,6 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 
 namespace MergeCluster.Safetensors;
 
@@ -42,6 +43,18 @@ public static partial class DTypeConvert
     private static void Encode16<F, T>(ReadOnlySpan<T> source, Span<ushort> dest) where F : INarrowFloatFormat where T : unmanaged
     {
         int i = 0;
+        if (typeof(T) == typeof(double) && Vector512.IsHardwareAccelerated)
+        {
+            // The merge's final rounding: straight from the float64 bits, 32 lanes per step.
+            ref double src = ref Unsafe.As<T, double>(ref MemoryMarshal.GetReference(source));
+            ref ushort dst = ref MemoryMarshal.GetReference(dest);
+            const int n = 8; // Vector512<double>.Count
+            for (; i <= source.Length - 4 * n; i += 4 * n)
+                Vector512.Narrow(
+                    Vector512.Narrow(NarrowFloat.Encode<F>(Vector512.LoadUnsafe(ref src, (nuint)i)), NarrowFloat.Encode<F>(Vector512.LoadUnsafe(ref src, (nuint)(i + n)))),
+                    Vector512.Narrow(NarrowFloat.Encode<F>(Vector512.LoadUnsafe(ref src, (nuint)(i + 2 * n))), NarrowFloat.Encode<F>(Vector512.LoadUnsafe(ref src, (nuint)(i + 3 * n)))))
+                    .StoreUnsafe(ref dst, (nuint)i);
+        }
         if (Vector.IsHardwareAccelerated)
         {
             ref T src = ref MemoryMarshal.GetReference(source);
@@ -65,6 +78,103 @@ public static partial class DTypeConvert
         for (; i < source.Length; i++) dest[i] = (byte)EncodeScalar<F, T>(source[i]);
     }
 
+    /// <summary>acc[i] += c · decode(source[i]) for 16-bit codes: decode and accumulate in one pass, nothing stored between.</summary>
+    private static void Accumulate16<F>(ReadOnlySpan<ushort> source, double coefficient, Span<double> acc) where F : INarrowFloatFormat
+    {
+        int i = 0;
+        ref ushort src = ref MemoryMarshal.GetReference(source);
+        ref double dst = ref MemoryMarshal.GetReference(acc);
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var c = Vector512.Create(coefficient);
+            for (; i <= source.Length - Vector512<ushort>.Count; i += Vector512<ushort>.Count)
+            {
+                var (lower, upper) = Vector512.Widen(Vector512.LoadUnsafe(ref src, (nuint)i));
+                AddSingles(NarrowFloat.Decode<F>(lower), c, ref dst, i);
+                AddSingles(NarrowFloat.Decode<F>(upper), c, ref dst, i + Vector512<uint>.Count);
+            }
+        }
+        if (Vector.IsHardwareAccelerated)
+        {
+            var c = new Vector<double>(coefficient);
+            for (; i <= source.Length - Vector<ushort>.Count; i += Vector<ushort>.Count)
+                AddDecoded<F>(Vector.LoadUnsafe(ref src, (nuint)i), c, ref dst, i);
+        }
+        for (; i < source.Length; i++) acc[i] += coefficient * NarrowFloat.Decode<F>(source[i]);
+    }
+
+    /// <summary>acc[i] += c · decode(source[i]) for 8-bit codes.</summary>
+    private static void Accumulate8<F>(ReadOnlySpan<byte> source, double coefficient, Span<double> acc) where F : INarrowFloatFormat
+    {
+        int i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            var c = new Vector<double>(coefficient);
+            ref byte src = ref MemoryMarshal.GetReference(source);
+            ref double dst = ref MemoryMarshal.GetReference(acc);
+            for (; i <= source.Length - Vector<byte>.Count; i += Vector<byte>.Count)
+            {
+                Vector.Widen(Vector.LoadUnsafe(ref src, (nuint)i), out var low, out var high);
+                AddDecoded<F>(low, c, ref dst, i);
+                AddDecoded<F>(high, c, ref dst, i + Vector<ushort>.Count);
+            }
+        }
+        for (; i < source.Length; i++) acc[i] += coefficient * NarrowFloat.Decode<F>(source[i]);
+    }
+
+    /// <summary>acc[i] += c · source[i] for float32 (widened exactly) and float64 sources.</summary>
+    private static void AccumulateWide<T>(ReadOnlySpan<T> source, double coefficient, Span<double> acc) where T : unmanaged
+    {
+        int i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            var c = new Vector<double>(coefficient);
+            ref T src = ref MemoryMarshal.GetReference(source);
+            ref double dst = ref MemoryMarshal.GetReference(acc);
+            if (typeof(T) == typeof(float))
+                for (; i <= source.Length - Vector<float>.Count; i += Vector<float>.Count)
+                    AddSingles(Vector.LoadUnsafe(ref Unsafe.As<T, float>(ref src), (nuint)i), c, ref dst, i);
+            else
+                for (; i <= source.Length - Vector<double>.Count; i += Vector<double>.Count)
+                {
+                    var sum = Vector.LoadUnsafe(ref dst, (nuint)i) + c * Vector.LoadUnsafe(ref Unsafe.As<T, double>(ref src), (nuint)i);
+                    sum.StoreUnsafe(ref dst, (nuint)i);
+                }
+        }
+        for (; i < source.Length; i++)
+            acc[i] += coefficient * (typeof(T) == typeof(float) ? Unsafe.BitCast<T, float>(source[i]) : Unsafe.BitCast<T, double>(source[i]));
+    }
+
+    /// <summary>acc[i..] += c · values for one Vector512 of float32 values, as the Vector&lt;T&gt; overload.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AddSingles(Vector512<float> values, Vector512<double> c, ref double acc, int i)
+    {
+        var (lower, upper) = Vector512.Widen(values);
+        (Vector512.LoadUnsafe(ref acc, (nuint)i) + c * lower).StoreUnsafe(ref acc, (nuint)i);
+        (Vector512.LoadUnsafe(ref acc, (nuint)(i + Vector512<double>.Count)) + c * upper).StoreUnsafe(ref acc, (nuint)(i + Vector512<double>.Count));
+    }
+
+    /// <summary>acc[i..] += c · decode(codes) for the Vector&lt;ushort&gt;.Count codes of one vector.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AddDecoded<F>(Vector<ushort> codes, Vector<double> c, ref double acc, int i) where F : INarrowFloatFormat
+    {
+        Vector.Widen(codes, out var lower, out var upper);
+        AddSingles(NarrowFloat.Decode<F>(lower), c, ref acc, i);
+        AddSingles(NarrowFloat.Decode<F>(upper), c, ref acc, i + Vector<uint>.Count);
+    }
+
+    /// <summary>
+    /// acc[i..] += c · values, widened exactly to float64. Product and sum are two roundings, never an FMA (the JIT does
+    /// not contract them), as the scalar tails compute.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AddSingles(Vector<float> values, Vector<double> c, ref double acc, int i)
+    {
+        Vector.Widen(values, out var lower, out var upper);
+        (Vector.LoadUnsafe(ref acc, (nuint)i) + c * lower).StoreUnsafe(ref acc, (nuint)i);
+        (Vector.LoadUnsafe(ref acc, (nuint)(i + Vector<double>.Count)) + c * upper).StoreUnsafe(ref acc, (nuint)(i + Vector<double>.Count));
+    }
+
     /// <summary>Decodes one vector of codes and stores the Vector&lt;ushort&gt;.Count values at dest[i..].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void StoreDecoded<F, T>(Vector<ushort> codes, ref T dest, int i) where F : INarrowFloatFormat where T : unmanaged
@@ -76,8 +186,19 @@ public static partial class DTypeConvert
 
     /// <summary>Encodes the Vector&lt;ushort&gt;.Count values at source[i..] into one vector of codes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector<ushort> LoadEncoded<F, T>(ref T source, int i) where F : INarrowFloatFormat where T : unmanaged =>
-        Vector.Narrow(NarrowFloat.Encode<F>(LoadSingles(ref source, i)), NarrowFloat.Encode<F>(LoadSingles(ref source, i + Vector<uint>.Count)));
+    private static Vector<ushort> LoadEncoded<F, T>(ref T source, int i) where F : INarrowFloatFormat where T : unmanaged
+    {
+        if (typeof(T) == typeof(double))
+        {
+            // Straight from the float64 bits (see NarrowFloat.Encode(Vector<double>)): no round-to-odd detour.
+            ref double s = ref Unsafe.As<T, double>(ref source);
+            int n = Vector<double>.Count;
+            return Vector.Narrow(
+                Vector.Narrow(NarrowFloat.Encode<F>(Vector.LoadUnsafe(ref s, (nuint)i)), NarrowFloat.Encode<F>(Vector.LoadUnsafe(ref s, (nuint)(i + n)))),
+                Vector.Narrow(NarrowFloat.Encode<F>(Vector.LoadUnsafe(ref s, (nuint)(i + 2 * n))), NarrowFloat.Encode<F>(Vector.LoadUnsafe(ref s, (nuint)(i + 3 * n)))));
+        }
+        return Vector.Narrow(NarrowFloat.Encode<F>(LoadSingles(ref source, i)), NarrowFloat.Encode<F>(LoadSingles(ref source, i + Vector<uint>.Count)));
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void StoreSingles<T>(Vector<float> values, ref T dest, int i) where T : unmanaged

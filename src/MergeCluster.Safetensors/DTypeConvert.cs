@@ -27,6 +27,26 @@ public static partial class DTypeConvert
         }
     }
 
+    /// <summary>
+    /// acc[i] += coefficient · decode(source[i]): the merge's per-source step, decoding and accumulating in one pass.
+    /// The product and the sum are rounded separately (no FMA); with coefficient 1 the product is exact, so this is
+    /// acc[i] + decode(source[i]) bit for bit and needs no separate path.
+    /// </summary>
+    public static void AccumulateFloat64(DType type, ReadOnlySpan<byte> source, double coefficient, Span<double> acc)
+    {
+        int n = CheckLengths(type, source.Length, acc.Length);
+        switch (type)
+        {
+            case DType.F64: AccumulateWide(MemoryMarshal.Cast<byte, double>(source)[..n], coefficient, acc); break;
+            case DType.F32: AccumulateWide(MemoryMarshal.Cast<byte, float>(source)[..n], coefficient, acc); break;
+            case DType.F16: Accumulate16<Float16Format>(MemoryMarshal.Cast<byte, ushort>(source), coefficient, acc); break;
+            case DType.BF16: Accumulate16<BFloat16Format>(MemoryMarshal.Cast<byte, ushort>(source), coefficient, acc); break;
+            case DType.F8_E4M3: Accumulate8<Float8E4M3Format>(source, coefficient, acc); break;
+            case DType.F8_E5M2: Accumulate8<Float8E5M2Format>(source, coefficient, acc); break;
+            default: throw NotFloat(type);
+        }
+    }
+
     /// <summary>Decodes <paramref name="source"/> into float32; from F64 this rounds to nearest even.</summary>
     public static void ToFloat32(DType type, ReadOnlySpan<byte> source, Span<float> dest)
     {

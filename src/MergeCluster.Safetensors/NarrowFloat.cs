@@ -1,5 +1,6 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace MergeCluster.Safetensors;
 
@@ -203,6 +204,89 @@ internal static class NarrowFloat
             : new Vector<uint>(MagnitudeMask<F>());
         code = Vector.ConditionalSelect(Vector.AsVectorUInt32(Vector.GreaterThanOrEqual(ui, new Vector<int>((int)Overflow<F>()))), special, code);
         return code | Vector.ShiftRightLogical(sign, 31 - Width<F>());
+    }
+
+    /// <summary>
+    /// Encodes float64 lanes straight from their bits, rounding once to nearest even: the float32 encoder's steps on
+    /// 64-bit lanes. It gives the same codes as the scalar reference (round to odd, then encode) since both are the one
+    /// correct rounding of the double, NaN payloads included (the top mantissa bits, quieted); it skips the detour
+    /// through float32, which costs a narrow, a widen and two compares per lane.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector<ulong> Encode<F>(Vector<double> value) where F : INarrowFloatFormat
+    {
+        const ulong doubleSign = 0x8000_0000_0000_0000, doubleInfinity = 0x7FF0_0000_0000_0000;
+        int shift = 52 - F.MantissaBits;
+        ulong minNormal = (ulong)(1023 - F.Bias + 1) << 52;
+        ulong magicBits = (ulong)(1023 - F.Bias + shift + 1) << 52;
+        ulong overflow = F.HasInfinity
+            ? (ulong)(1023 + (1 << F.ExponentBits) - 1 - F.Bias) << 52
+            : ((ulong)(1023 + (1 << F.ExponentBits) - 1 - F.Bias) << 52) | (((1UL << F.MantissaBits) - 1) << shift);
+        var all = Vector.AsVectorUInt64(value);
+        var sign = all & new Vector<ulong>(doubleSign);
+        var u = all ^ sign;
+        // u < 2^63, so signed compares are exact.
+        var ui = Vector.AsVectorInt64(u);
+        var odd = Vector.ShiftRightLogical(u, shift) & Vector<ulong>.One;
+        var normal = Vector.ShiftRightLogical(u + new Vector<ulong>(unchecked((ulong)((long)(F.Bias - 1023) << 52)) + ((1UL << (shift - 1)) - 1)) + odd, shift);
+        // Below the smallest normal, adding a power of two whose ulp is the smallest subnormal rounds in the FPU.
+        var magic = new Vector<double>(BitConverter.UInt64BitsToDouble(magicBits));
+        var subnormal = Vector.AsVectorUInt64(Vector.AsVectorDouble(u) + magic) - new Vector<ulong>(magicBits);
+        var code = Vector.ConditionalSelect(Vector.AsVectorUInt64(Vector.LessThan(ui, new Vector<long>((long)minNormal))), subnormal, normal);
+        var special = F.HasInfinity
+            ? Vector.ConditionalSelect(Vector.AsVectorUInt64(Vector.GreaterThan(ui, new Vector<long>((long)doubleInfinity))),
+                (Vector.ShiftRightLogical(u, shift) | new Vector<ulong>(1UL << (F.MantissaBits - 1))) & new Vector<ulong>(MagnitudeMask<F>()),
+                new Vector<ulong>(OverflowCode<F>()))
+            : new Vector<ulong>(MagnitudeMask<F>());
+        code = Vector.ConditionalSelect(Vector.AsVectorUInt64(Vector.GreaterThanOrEqual(ui, new Vector<long>((long)overflow))), special, code);
+        return code | Vector.ShiftRightLogical(sign, 63 - Width<F>());
+    }
+
+    // ---- Vector512: the same steps as the Vector<T> forms above (which are 256 bits wide on x64), for the merge's
+    // hot kernels on AVX-512 machines, where they halve the instructions per element. Keep the two in step.
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Decode<F>(Vector512<uint> code) where F : INarrowFloatFormat
+    {
+        if (IsBFloat16<F>()) return Vector512.ShiftLeft(code, 16).AsSingle();
+        var sign = Vector512.ShiftLeft(Vector512.ShiftRightLogical(code, Width<F>()), 31);
+        var magnitude = code & Vector512.Create(MagnitudeMask<F>());
+        var exponent = magnitude & Vector512.Create(ExponentMask<F>());
+        var shifted = Vector512.ShiftLeft(magnitude, Shift<F>());
+        var normal = shifted + Vector512.Create((uint)(127 - F.Bias) << 23);
+        var subnormal = ((shifted + Vector512.Create(MinNormal<F>())).AsSingle() - Vector512.Create(BitConverter.UInt32BitsToSingle(MinNormal<F>()))).AsUInt32();
+        var bits = Vector512.ConditionalSelect(Vector512.Equals(exponent, Vector512<uint>.Zero), subnormal, normal);
+        bits = F.HasInfinity
+            ? Vector512.ConditionalSelect(Vector512.Equals(exponent, Vector512.Create(ExponentMask<F>())), shifted | Vector512.Create(SingleInfinity), bits)
+            : Vector512.ConditionalSelect(Vector512.Equals(magnitude, Vector512.Create(MagnitudeMask<F>())), Vector512.Create(SingleQuietNaN), bits);
+        return (bits | sign).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<ulong> Encode<F>(Vector512<double> value) where F : INarrowFloatFormat
+    {
+        const ulong doubleSign = 0x8000_0000_0000_0000, doubleInfinity = 0x7FF0_0000_0000_0000;
+        int shift = 52 - F.MantissaBits;
+        ulong minNormal = (ulong)(1023 - F.Bias + 1) << 52;
+        ulong magicBits = (ulong)(1023 - F.Bias + shift + 1) << 52;
+        ulong overflow = F.HasInfinity
+            ? (ulong)(1023 + (1 << F.ExponentBits) - 1 - F.Bias) << 52
+            : ((ulong)(1023 + (1 << F.ExponentBits) - 1 - F.Bias) << 52) | (((1UL << F.MantissaBits) - 1) << shift);
+        var all = value.AsUInt64();
+        var sign = all & Vector512.Create(doubleSign);
+        var u = all ^ sign;
+        var ui = u.AsInt64();
+        var odd = Vector512.ShiftRightLogical(u, shift) & Vector512<ulong>.One;
+        var normal = Vector512.ShiftRightLogical(u + Vector512.Create(unchecked((ulong)((long)(F.Bias - 1023) << 52)) + ((1UL << (shift - 1)) - 1)) + odd, shift);
+        var subnormal = (u.AsDouble() + Vector512.Create(BitConverter.UInt64BitsToDouble(magicBits))).AsUInt64() - Vector512.Create(magicBits);
+        var code = Vector512.ConditionalSelect(Vector512.LessThan(ui, Vector512.Create((long)minNormal)).AsUInt64(), subnormal, normal);
+        var special = F.HasInfinity
+            ? Vector512.ConditionalSelect(Vector512.GreaterThan(ui, Vector512.Create((long)doubleInfinity)).AsUInt64(),
+                (Vector512.ShiftRightLogical(u, shift) | Vector512.Create(1UL << (F.MantissaBits - 1))) & Vector512.Create((ulong)MagnitudeMask<F>()),
+                Vector512.Create((ulong)OverflowCode<F>()))
+            : Vector512.Create((ulong)MagnitudeMask<F>());
+        code = Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(ui, Vector512.Create((long)overflow)).AsUInt64(), special, code);
+        return code | Vector512.ShiftRightLogical(sign, 63 - Width<F>());
     }
 
     /// <summary>Two float64 vectors to one float32 vector, rounding to odd (see the class summary).</summary>

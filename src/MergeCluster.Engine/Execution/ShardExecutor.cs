@@ -6,20 +6,33 @@ using MergeCluster.Safetensors;
 namespace MergeCluster.Engine.Execution;
 
 /// <summary>
-/// Executes shards of a plan with one set of buffers (one instance per worker thread). Work is done in chunks of
-/// elements; every operation is elementwise, so chunk size and thread count never change a bit of the output.
+/// Executes shards of a plan with one set of buffers (one instance per worker thread). Every operation is
+/// elementwise, so chunk and block sizes and the thread count never change a bit of the output.
 /// </summary>
+/// <remarks>
+/// Two levels of tiling. A chunk is what one positional read per source brings in (long sequential reads, few
+/// syscalls); within a chunk the arithmetic runs block by block, so a block's accumulators (one per reduction
+/// group) stay in L1/L2 while every source is added into them, the tree reduces them and the result is rounded.
+/// Memory per executor is about chunk × (bytes per element of all sources of a tensor), capped by
+/// <see cref="RawBudgetBytes"/>, plus groups × block doubles: independent of file sizes.
+/// </remarks>
 public sealed class ShardExecutor
 {
-    /// <summary>Elements per chunk: large enough for long sequential reads, small enough to stay in cache-friendly buffers.</summary>
-    public const int DefaultChunkElements = 1 << 18;
+    /// <summary>Elements per chunk: each source is read in one positional read of this many elements (128 KiB of f16).</summary>
+    public const int DefaultChunkElements = 1 << 16;
+    /// <summary>Elements per block: 32 KiB of float64 accumulator per group, which fits L1 with its sources' slices.</summary>
+    public const int BlockElements = 1 << 12;
+    /// <summary>Cap on the read buffer; with many sources the chunk shrinks (to one block at least) to stay under it.</summary>
+    public const int RawBudgetBytes = 32 << 20;
 
     private readonly MergePlan _plan;
     private readonly InputSet _inputs;
     private readonly MergeProgress? _progress;
     private readonly int _chunk;
+    private readonly int _block;
     private readonly byte[] _raw;
-    private readonly double[] _scratch;
+    private readonly int[] _termOffset;
+    private readonly byte[] _out;
     private readonly double[][] _groups;
     private readonly bool[] _present;
 
@@ -33,11 +46,23 @@ public sealed class ShardExecutor
         _plan = plan;
         _inputs = inputs;
         _progress = progress;
-        _chunk = chunkElements;
-        _raw = new byte[chunkElements * sizeof(double)];
-        _scratch = new double[chunkElements];
+        // Widest tensor in bytes per element over all its sources: the read buffer holds one chunk of each.
+        int rawPerElement = sizeof(double), maxTerms = 1;
+        foreach (var t in plan.Tensors)
+        {
+            int sum = 0;
+            foreach (var term in t.Terms) sum += term.Tensor.DType.Size();
+            rawPerElement = Math.Max(rawPerElement, sum);
+            maxTerms = Math.Max(maxTerms, t.Terms.Length);
+        }
+        _block = Math.Max(1, Math.Min(BlockElements, chunkElements));
+        int chunk = Math.Min(chunkElements, Math.Max(_block, RawBudgetBytes / rawPerElement));
+        _chunk = Math.Max(_block, chunk / _block * _block);
+        _raw = new byte[(long)_chunk * rawPerElement];
+        _termOffset = new int[maxTerms];
+        _out = new byte[_chunk * sizeof(double)];
         _groups = new double[Math.Max(plan.GroupCount, 2)][];
-        for (int g = 0; g < _groups.Length; g++) _groups[g] = new double[chunkElements];
+        for (int g = 0; g < _groups.Length; g++) _groups[g] = new double[_block];
         _present = new bool[_groups.Length];
     }
 
@@ -53,13 +78,20 @@ public sealed class ShardExecutor
                 Copy(tensor, output, ct);
                 continue;
             }
+            int outSize = tensor.Output.DType.Size();
             for (long start = 0; start < tensor.ElementCount; start += _chunk)
             {
                 int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
-                for (int g = 0; g < _plan.GroupCount; g++) _present[g] = SumGroup(tensor, g, start, n);
-                if (!ReductionTree.Reduce(_present, _groups, _plan.GroupCount, n))
-                    throw new InvalidOperationException($"tensor '{tensor.Output.Key}' has no terms");
-                WriteFinished(tensor, start, n, _groups[0], output);
+                ReadTerms(tensor, -1, start, n);
+                for (int b = 0; b < n; b += _block)
+                {
+                    int m = Math.Min(_block, n - b);
+                    for (int g = 0; g < _plan.GroupCount; g++) _present[g] = SumGroup(tensor, g, b, m);
+                    if (!ReductionTree.Reduce(_present, _groups, _plan.GroupCount, m))
+                        throw new InvalidOperationException($"tensor '{tensor.Output.Key}' has no terms");
+                    MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
+                }
+                WriteOutput(tensor, start, n, output);
             }
         }
     }
@@ -75,9 +107,14 @@ public sealed class ShardExecutor
             {
                 ct.ThrowIfCancellationRequested();
                 int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
-                SumGroup(tensor, group, start, n);
-                partial.Write(MemoryMarshal.AsBytes(_groups[group].AsSpan(0, n)));
-                BytesWritten += n * sizeof(double);
+                ReadTerms(tensor, group, start, n);
+                for (int b = 0; b < n; b += _block)
+                {
+                    int m = Math.Min(_block, n - b);
+                    SumGroup(tensor, group, b, m);
+                    partial.Write(MemoryMarshal.AsBytes(_groups[group].AsSpan(0, m)));
+                }
+                BytesWritten += (long)n * sizeof(double);
             }
         }
     }
@@ -93,10 +130,10 @@ public sealed class ShardExecutor
             var tensor = _plan.Tensors[index];
             if (tensor.Op != TensorOp.Combine || !node.Has(tensor)) continue;
             bool hasLeft = left.Has(tensor), hasRight = right.Has(tensor);
-            for (long start = 0; start < tensor.ElementCount; start += _chunk)
+            for (long start = 0; start < tensor.ElementCount; start += _block)
             {
                 ct.ThrowIfCancellationRequested();
-                int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
+                int n = (int)Math.Min(_block, tensor.ElementCount - start);
                 _present[0] = hasLeft;
                 _present[1] = hasRight;
                 if (hasLeft) ReadDoubles(leftData, _groups[0].AsSpan(0, n));
@@ -122,41 +159,69 @@ public sealed class ShardExecutor
             }
             if (root is null || rootData is null || !root.Has(tensor))
                 throw new InvalidOperationException($"root partial lacks '{tensor.Output.Key}'");
+            int outSize = tensor.Output.DType.Size();
             for (long start = 0; start < tensor.ElementCount; start += _chunk)
             {
                 int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
-                ReadDoubles(rootData, _groups[0].AsSpan(0, n));
-                WriteFinished(tensor, start, n, _groups[0], output, countInput: false);
+                for (int b = 0; b < n; b += _block)
+                {
+                    int m = Math.Min(_block, n - b);
+                    ReadDoubles(rootData, _groups[0].AsSpan(0, m));
+                    MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
+                }
+                WriteOutput(tensor, start, n, output);
             }
         }
     }
 
-    /// <summary>Σ coefficient·source over the terms of one group for elements [start, start+n); false when the group has none.</summary>
-    private bool SumGroup(PlannedTensor tensor, int group, long start, int n)
+    /// <summary>
+    /// Reads elements [start, start+n) of every term in <paramref name="group"/> (all terms when -1) into the read
+    /// buffer, one positional read each, and records where each landed in <see cref="_termOffset"/>.
+    /// </summary>
+    private void ReadTerms(PlannedTensor tensor, int group, long start, int n)
     {
-        var acc = _groups[group].AsSpan(0, n);
-        bool any = false;
-        foreach (var term in tensor.Terms)
+        int at = 0;
+        long bytes = 0;
+        for (int t = 0; t < tensor.Terms.Length; t++)
         {
+            var term = tensor.Terms[t];
+            if (group >= 0 && term.Group != group) continue;
+            int size = term.Tensor.DType.Size();
+            _termOffset[t] = at;
+            _inputs.Read(term, start * size, _raw.AsSpan(at, n * size));
+            at += n * size;
+            bytes += n * size;
+        }
+        BytesRead += bytes;
+        _progress?.Add(bytes, 0, tensor.Component);
+    }
+
+    /// <summary>
+    /// Σ coefficient·source over the terms of one group for block elements [b, b+m) of the chunk in the read buffer,
+    /// into the group's accumulator; terms in plan order, from +0.0. False when the group has no terms.
+    /// </summary>
+    private bool SumGroup(PlannedTensor tensor, int group, int b, int m)
+    {
+        var acc = _groups[group].AsSpan(0, m);
+        bool any = false;
+        for (int t = 0; t < tensor.Terms.Length; t++)
+        {
+            var term = tensor.Terms[t];
             if (term.Group != group) continue;
             if (!any) acc.Clear();
             any = true;
             int size = term.Tensor.DType.Size();
-            var raw = _raw.AsSpan(0, n * size);
-            _inputs.Read(term, start * size, raw);
-            BytesRead += raw.Length;
-            MergeKernels.Accumulate(term.Tensor.DType, raw, term.Coefficient, acc, _scratch);
-            _progress?.Add(raw.Length, 0, tensor.Component);
+            MergeKernels.Accumulate(term.Tensor.DType, _raw.AsSpan(_termOffset[t] + b * size, m * size), term.Coefficient, acc);
         }
         return any;
     }
 
-    private void WriteFinished(PlannedTensor tensor, long start, int n, double[] acc, SafetensorsWriter output, bool countInput = true)
+    /// <summary>Writes the chunk's finished output bytes (elements [start, start+n)) with one positional write.</summary>
+    private void WriteOutput(PlannedTensor tensor, long start, int n, SafetensorsWriter output)
     {
-        var type = tensor.Output.DType;
-        var bytes = _raw.AsSpan(0, n * type.Size());
-        MergeKernels.Finish(acc.AsSpan(0, n), tensor.Divisor, type, bytes);
-        output.Write(tensor.Output, start * type.Size(), bytes);
+        int size = tensor.Output.DType.Size();
+        var bytes = _out.AsSpan(0, n * size);
+        output.Write(tensor.Output, start * size, bytes);
         BytesWritten += bytes.Length;
         _progress?.Add(0, bytes.Length, tensor.Component);
     }
@@ -181,11 +246,14 @@ public sealed class ShardExecutor
             }
             else
             {
-                var values = _groups[0].AsSpan(0, n);
-                DTypeConvert.ToFloat64(from, raw, values);
-                var bytes = MemoryMarshal.AsBytes(_scratch.AsSpan(0, n))[..(n * to.Size())];
-                DTypeConvert.FromFloat64(values, to, bytes);
-                output.Write(tensor.Output, start * to.Size(), bytes);
+                for (int b = 0; b < n; b += _block)
+                {
+                    int m = Math.Min(_block, n - b);
+                    var values = _groups[0].AsSpan(0, m);
+                    DTypeConvert.ToFloat64(from, raw.Slice(b * from.Size(), m * from.Size()), values);
+                    DTypeConvert.FromFloat64(values, to, _out.AsSpan(b * to.Size(), m * to.Size()));
+                }
+                output.Write(tensor.Output, start * to.Size(), _out.AsSpan(0, n * to.Size()));
             }
             _progress?.Add(raw.Length, (long)n * to.Size(), tensor.Component);
         }
