@@ -10,6 +10,7 @@ namespace MergeCluster.Safetensors;
 // fold away when the JIT specialises each kernel.
 public static partial class DTypeConvert
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: skip tier 0, whose vector code is many times slower
     private static void Decode16<F, T>(ReadOnlySpan<ushort> source, Span<T> dest) where F : INarrowFloatFormat where T : unmanaged
     {
         int i = 0;
@@ -23,6 +24,7 @@ public static partial class DTypeConvert
         for (; i < source.Length; i++) dest[i] = FromSingle<T>(NarrowFloat.Decode<F>(source[i]));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Decode8<F, T>(ReadOnlySpan<byte> source, Span<T> dest) where F : INarrowFloatFormat where T : unmanaged
     {
         int i = 0;
@@ -40,6 +42,7 @@ public static partial class DTypeConvert
         for (; i < source.Length; i++) dest[i] = FromSingle<T>(NarrowFloat.Decode<F>(source[i]));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Encode16<F, T>(ReadOnlySpan<T> source, Span<ushort> dest) where F : INarrowFloatFormat where T : unmanaged
     {
         int i = 0;
@@ -65,6 +68,7 @@ public static partial class DTypeConvert
         for (; i < source.Length; i++) dest[i] = (ushort)EncodeScalar<F, T>(source[i]);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Encode8<F, T>(ReadOnlySpan<T> source, Span<byte> dest) where F : INarrowFloatFormat where T : unmanaged
     {
         int i = 0;
@@ -79,6 +83,7 @@ public static partial class DTypeConvert
     }
 
     /// <summary>acc[i] += c · decode(source[i]) for 16-bit codes: decode and accumulate in one pass, nothing stored between.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Accumulate16<F>(ReadOnlySpan<ushort> source, double coefficient, Span<double> acc) where F : INarrowFloatFormat
     {
         int i = 0;
@@ -104,6 +109,7 @@ public static partial class DTypeConvert
     }
 
     /// <summary>acc[i] += c · decode(source[i]) for 8-bit codes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Accumulate8<F>(ReadOnlySpan<byte> source, double coefficient, Span<double> acc) where F : INarrowFloatFormat
     {
         int i = 0;
@@ -123,6 +129,7 @@ public static partial class DTypeConvert
     }
 
     /// <summary>acc[i] += c · source[i] for float32 (widened exactly) and float64 sources.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void AccumulateWide<T>(ReadOnlySpan<T> source, double coefficient, Span<double> acc) where T : unmanaged
     {
         int i = 0;
