@@ -33,6 +33,29 @@ public class KernelBenchmarks
     [Benchmark(OperationsPerInvoke = N)] public void F16_to_F32() => DTypeConvert.ToFloat32(DType.F16, _f16, _floats);
     [Benchmark(OperationsPerInvoke = N)] public void BF16_to_F32() => DTypeConvert.ToFloat32(DType.BF16, _bf16, _floats);
 
+    // The merge's hot path works in blocks of ShardExecutor.BlockElements (4096) that stay in L1/L2: per source a fused
+    // decode-and-accumulate, per output element one divide-and-round. Same kernels on one block, as in cache.
+    private const int Block = 4096;
+    private readonly double[] _acc = new double[Block];
+
+    [Benchmark(OperationsPerInvoke = N)]
+    public void F16_accumulate_block()
+    {
+        for (int b = 0; b < N; b += Block) DTypeConvert.AccumulateFloat64(DType.F16, _f16.AsSpan(0, 2 * Block), 1.0, _acc);
+    }
+
+    [Benchmark(OperationsPerInvoke = N)]
+    public void F16_accumulate_scaled_block()
+    {
+        for (int b = 0; b < N; b += Block) DTypeConvert.AccumulateFloat64(DType.F16, _f16.AsSpan(0, 2 * Block), 0.25, _acc);
+    }
+
+    [Benchmark(OperationsPerInvoke = N)]
+    public void F64_to_F16_block()
+    {
+        for (int b = 0; b < N; b += Block) DTypeConvert.FromFloat64(_doubles.AsSpan(0, Block), DType.F16, _out16.AsSpan(0, 2 * Block));
+    }
+
     /// <summary>The scalar reference, element by element, for scale.</summary>
     [Benchmark(OperationsPerInvoke = N)]
     public void F64_to_F16_scalar()
