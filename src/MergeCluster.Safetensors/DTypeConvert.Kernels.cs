@@ -89,6 +89,16 @@ public static partial class DTypeConvert
         int i = 0;
         ref ushort src = ref MemoryMarshal.GetReference(source);
         ref double dst = ref MemoryMarshal.GetReference(acc);
+        if (Vector512.IsHardwareAccelerated && coefficient == 1.0)
+        {
+            // A plain mean: the multiply by 1 is exact, so leaving it out gives the same bits with one op fewer per vector.
+            for (; i <= source.Length - Vector512<ushort>.Count; i += Vector512<ushort>.Count)
+            {
+                var (lower, upper) = Vector512.Widen(Vector512.LoadUnsafe(ref src, (nuint)i));
+                AddSingles(NarrowFloat.Decode<F>(lower), ref dst, i);
+                AddSingles(NarrowFloat.Decode<F>(upper), ref dst, i + Vector512<uint>.Count);
+            }
+        }
         if (Vector512.IsHardwareAccelerated)
         {
             var c = Vector512.Create(coefficient);
@@ -150,6 +160,15 @@ public static partial class DTypeConvert
         }
         for (; i < source.Length; i++)
             acc[i] += coefficient * (typeof(T) == typeof(float) ? Unsafe.BitCast<T, float>(source[i]) : Unsafe.BitCast<T, double>(source[i]));
+    }
+
+    /// <summary>acc[i..] += values for one Vector512 of float32 values (coefficient 1).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AddSingles(Vector512<float> values, ref double acc, int i)
+    {
+        var (lower, upper) = Vector512.Widen(values);
+        (Vector512.LoadUnsafe(ref acc, (nuint)i) + lower).StoreUnsafe(ref acc, (nuint)i);
+        (Vector512.LoadUnsafe(ref acc, (nuint)(i + Vector512<double>.Count)) + upper).StoreUnsafe(ref acc, (nuint)(i + Vector512<double>.Count));
     }
 
     /// <summary>acc[i..] += c · values for one Vector512 of float32 values, as the Vector&lt;T&gt; overload.</summary>
