@@ -3,15 +3,17 @@
 # this machine, over a throwaway PostgreSQL ledger. Prints both times, the overhead, the ledger transactions per task,
 # and checks that both outputs are bit-identical.
 #
-#   bench/cluster.sh FILE FILE... [--group G] [--shard-mb N]
+#   bench/cluster.sh FILE FILE... [--group G] [--shard-mb N] [--silos N] [--silo-threads T]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mc="$root/mergecluster"
-group=8 shard=256 files=()
+group=8 shard=256 silos=2 silo_threads=1 files=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --group) group=$2; shift 2 ;;
     --shard-mb) shard=$2; shift 2 ;;
+    --silos) silos=$2; shift 2 ;;
+    --silo-threads) silo_threads=$2; shift 2 ;;
     *) files+=("$(realpath "$1")"); shift ;;
   esac
 done
@@ -53,14 +55,19 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { print b - a }'; }
 start=$(now)
 "$mc" merge "$work/data/recipe.yaml" -o "$work/data/local.safetensors" --threads 2 --no-hash > /dev/null
 local_s=$(since "$start")
+# Keep only the local output's hash: its 4 GB in the page cache would push inputs out during the cluster run.
+local_sha=$(sha256sum "$work/data/local.safetensors" | cut -d' ' -f1)
+rm -f "$work/data/local.safetensors"
+cat "${files[@]}" > /dev/null
 
 roots=(--data-root "$work/data")
 for f in "${files[@]}"; do roots+=(--data-root "$(dirname "$f")"); done
-for s in s1 s2; do
-  "$mc" silo --name "$s" --threads 1 "${roots[@]}" > "$work/$s.log" 2>&1 &
+names=$(seq -f "s%g" "$silos")
+for s in $names; do
+  "$mc" silo --name "$s" --threads "$silo_threads" "${roots[@]}" > "$work/$s.log" 2>&1 &
   pids+=($!)
 done
-for s in s1 s2; do
+for s in $names; do
   for _ in $(seq 100); do grep -q "joined with" "$work/$s.log" && break; sleep 0.2; done
 done
 tx0=$(psql "select xact_commit + xact_rollback from pg_stat_database where datname = 'postgres'")
@@ -70,12 +77,17 @@ cluster_s=$(since "$start")
 tx1=$(psql "select xact_commit + xact_rollback from pg_stat_database where datname = 'postgres'")
 tasks=$(psql "select count(*) from mergecluster.tasks where job_id = $job")
 
-same=no; cmp -s "$work/data/local.safetensors" "$work/data/cluster.safetensors" && same=yes
-awk -v b="$bytes" -v l="$local_s" -v c="$cluster_s" -v t="$tasks" -v tx="$((tx1 - tx0))" -v same="$same" -v n="${#files[@]}" 'BEGIN {
+phases=$(psql "select round(extract(epoch from (select min(started_at) from mergecluster.tasks where job_id = $job) - submitted_at)::numeric, 2) || ' s to the first task, ' ||
+  round(extract(epoch from finished_at - (select max(finished_at) from mergecluster.tasks where job_id = $job))::numeric, 2) || ' s from the last task to the end, tasks busy ' ||
+  (select round(sum(extract(epoch from finished_at - started_at))::numeric, 2) from mergecluster.tasks where job_id = $job) || ' s in total'
+  from mergecluster.jobs where id = $job")
+same=no; [[ "$(sha256sum "$work/data/cluster.safetensors" | cut -d' ' -f1)" == "$local_sha" ]] && same=yes
+awk -v b="$bytes" -v l="$local_s" -v c="$cluster_s" -v t="$tasks" -v tx="$((tx1 - tx0))" -v same="$same" -v n="${#files[@]}" -v phases="$phases" -v shape="${silos}x${silo_threads}" 'BEGIN {
   printf "inputs:          %d files, %.2f GB\n", n, b / 1e9
   printf "local (2 thr):   %.2f s, %.2f GB/s\n", l, b / l / 1e9
-  printf "cluster (2x1):   %.2f s, %.2f GB/s, %d tasks\n", c, b / c / 1e9, t
+  printf "cluster (%s):   %.2f s, %.2f GB/s, %d tasks\n", shape, c, b / c / 1e9, t
   printf "overhead:        %+.1f%%\n", (c / l - 1) * 100
+  printf "phases:          %s\n", phases
   printf "ledger:          %d transactions during the job, %.1f per task (all silos and the client, heartbeats included)\n", tx, tx / t
   printf "bit-identical:   %s\n", same
 }'

@@ -31,7 +31,7 @@ public sealed class Coordinator(ILedger ledger, IJobEngine engine, string silo, 
                 }
                 // A timer, not WaitForWork: that wakes on every task completion, and a poll per completion per silo
                 // would cost the ledger a round trip per task per silo just to look for new jobs.
-                await Task.Delay(options.PollInterval, stopping.Token);
+                await Task.Delay(options.ProgressInterval, stopping.Token);
             }
             catch (Exception e)
             {

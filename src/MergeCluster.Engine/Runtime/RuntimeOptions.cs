@@ -12,8 +12,11 @@ public sealed record RuntimeOptions
     public TimeSpan CoordinatorRenewEvery => CoordinatorLease / 3;
     /// <summary>The longest an idle worker sleeps before claiming again when no notification arrives.</summary>
     public TimeSpan PollInterval { get; init; } = TimeSpan.FromSeconds(1);
-    /// <summary>How often a coordinator looks at its job's progress.</summary>
-    public TimeSpan ProgressInterval { get; init; } = TimeSpan.FromSeconds(1);
+    /// <summary>
+    /// How often a coordinator looks for new jobs and at its job's progress: one cheap query each time, short enough
+    /// that a job neither waits long to start nor to be assembled once its last task is done.
+    /// </summary>
+    public TimeSpan ProgressInterval { get; init; } = TimeSpan.FromMilliseconds(250);
     public TimeSpan HeartbeatEvery { get; init; } = TimeSpan.FromSeconds(10);
     /// <summary>A silo is live while its last heartbeat is younger than this.</summary>
     public TimeSpan LiveWithin => HeartbeatEvery * 3;
@@ -31,7 +34,7 @@ public sealed record RuntimeOptions
             TaskLease = lease,
             CoordinatorLease = lease,
             PollInterval = poll,
-            ProgressInterval = poll,
+            ProgressInterval = TimeSpan.FromTicks(Math.Min(poll.Ticks, TimeSpan.FromMilliseconds(250).Ticks)),
             HeartbeatEvery = lease / 3,
             DrainGrace = drainGrace ?? TimeSpan.FromSeconds(20),
         };
