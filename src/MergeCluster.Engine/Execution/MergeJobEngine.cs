@@ -77,8 +77,8 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         if (options.HashInputs)
             plan = Planner.Create(recipe, PlanOptionsFor(job, options, InputHashes.Compute(plan.Inputs, _threads)));
         ct.ThrowIfCancellationRequested();
-        if (options.Shape == TaskShape.Tree) Directory.CreateDirectory(ScratchDirectory(plan, job));
-        using (var writer = SafetensorsWriter.Create(plan.OutputPath, plan.Layout, TempOutputPath(plan, job)))
+        if (options.Shape == TaskShape.Tree) Directory.CreateDirectory(ScratchDirectory(plan.OutputPath, job));
+        using (var writer = SafetensorsWriter.Create(plan.OutputPath, plan.Layout, TempOutputPath(plan.OutputPath, job)))
             writer.Detach();
         return Task.FromResult(Tasks(plan, options.Shape, silos));
     }
@@ -91,7 +91,7 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         if (_jobs.TryRemove(job.Id, out var lazy) && lazy.IsValueCreated) lazy.Value.Dispose();
         var options = MergeJobOptions.FromJson(job.Options);
         var plan = Planner.Create(ParseRecipe(job), PlanOptionsFor(job, options, null));
-        string temp = TempOutputPath(plan, job);
+        string temp = TempOutputPath(plan.OutputPath, job);
         if (File.Exists(temp))
         {
             // Verify before the rename: the reader's validation proves the file is complete (data ends exactly at EOF).
@@ -102,18 +102,19 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         }
         else if (!File.Exists(plan.OutputPath))
             throw new PermanentTaskException($"{plan.OutputPath}: the job's temporary output is gone");
-        DeleteScratch(plan, job);
+        DeleteScratch(plan.OutputPath, job);
         return Task.CompletedTask;
     }
 
     public Task CleanupAsync(JobRecord job, CancellationToken ct)
     {
         if (_jobs.TryRemove(job.Id, out var lazy) && lazy.IsValueCreated) lazy.Value.Dispose();
-        MergePlan plan;
-        try { plan = Planner.Create(ParseRecipe(job), PlanOptionsFor(job, MergeJobOptions.FromJson(job.Options), null)); }
-        catch (Exception e) when (e is MergeException or SafetensorsException) { return Task.CompletedTask; }
-        TryDelete(TempOutputPath(plan, job));
-        DeleteScratch(plan, job);
+        // Only the output path is needed, not a plan: a job that failed on a broken input still gets its files removed.
+        string output;
+        try { output = OutputPathFor(job); }
+        catch (MergeException) { return Task.CompletedTask; }
+        TryDelete(TempOutputPath(output, job));
+        DeleteScratch(output, job);
         return Task.CompletedTask;
     }
 
@@ -195,15 +196,14 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     {
         var options = MergeJobOptions.FromJson(job.Options);
         var recipe = ParseRecipe(job);
-        var probe = Planner.Create(recipe, PlanOptionsFor(job, options, null));
-        string temp = TempOutputPath(probe, job);
+        string temp = TempOutputPath(OutputPathFor(job), job);
         var header = SafetensorsFile.ReadHeader(temp, out long length);
         var hashes = header.Metadata.TryGetValue(MergeMetadata.Inputs, out string? json) ? MergeMetadata.ParseInputs(json) : null;
         var plan = Planner.Create(recipe, PlanOptionsFor(job, options, hashes));
         if (plan.Layout.DataStart != header.DataStart || plan.Layout.TotalLength != length)
             throw new MergeException($"{temp}: this silo's plan differs from the coordinator's (inputs changed since the job was planned?)");
         var output = SafetensorsWriter.OpenExisting(plan.OutputPath, temp, plan.Layout);
-        return new JobContext(plan, new InputSet(plan), output, ScratchDirectory(plan, job));
+        return new JobContext(plan, new InputSet(plan), output, ScratchDirectory(plan.OutputPath, job));
     }
 
     private static void WritePartial(JobContext context, Shard shard, PartialNode node, int attempt, Action<Stream> produce)
@@ -302,6 +302,14 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
 
     private Recipe ParseRecipe(JobRecord job) => Recipe.Parse(job.RecipeText, job.RecipeDirectory, $"job {job.Id} recipe");
 
+    /// <summary>The job's output path, resolved as the planner resolves it, without reading any input.</summary>
+    private string OutputPathFor(JobRecord job)
+    {
+        var options = MergeJobOptions.FromJson(job.Options);
+        var plan = PlanOptionsFor(job, options, null);
+        return plan.OutputPath ?? plan.ResolvePath!(ParseRecipe(job).Output.Path);
+    }
+
     private PlanOptions PlanOptionsFor(JobRecord job, MergeJobOptions options, IReadOnlyDictionary<string, string>? hashes) => new()
     {
         ShardBytes = options.ShardBytes,
@@ -310,15 +318,15 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         ResolvePath = p => _resolve(Path.GetFullPath(Path.Combine(job.RecipeDirectory, p))),
     };
 
-    public static string TempOutputPath(MergePlan plan, JobRecord job) =>
-        Path.Combine(Path.GetDirectoryName(plan.OutputPath)!, $".{Path.GetFileName(plan.OutputPath)}.job{job.Id}.tmp");
+    public static string TempOutputPath(string outputPath, JobRecord job) =>
+        Path.Combine(Path.GetDirectoryName(outputPath)!, $".{Path.GetFileName(outputPath)}.job{job.Id}.tmp");
 
-    public static string ScratchDirectory(MergePlan plan, JobRecord job) =>
-        Path.Combine(Path.GetDirectoryName(plan.OutputPath)!, $".{Path.GetFileName(plan.OutputPath)}.job{job.Id}.scratch");
+    public static string ScratchDirectory(string outputPath, JobRecord job) =>
+        Path.Combine(Path.GetDirectoryName(outputPath)!, $".{Path.GetFileName(outputPath)}.job{job.Id}.scratch");
 
-    private static void DeleteScratch(MergePlan plan, JobRecord job)
+    private static void DeleteScratch(string outputPath, JobRecord job)
     {
-        string dir = ScratchDirectory(plan, job);
+        string dir = ScratchDirectory(outputPath, job);
         try { if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true); }
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
