@@ -10,28 +10,27 @@ namespace MergeCluster.Engine.Execution;
 /// elementwise, so chunk and block sizes and the thread count never change a bit of the output.
 /// </summary>
 /// <remarks>
-/// Two levels of tiling. A chunk is what one positional read per source brings in (long sequential reads, few
-/// syscalls); within a chunk the arithmetic runs block by block, so a block's accumulators (one per reduction
-/// group) stay in L1/L2 while every source is added into them, the tree reduces them and the result is rounded.
-/// Memory per executor is about chunk × (bytes per element of all sources of a tensor), capped by
-/// <see cref="RawBudgetBytes"/>, plus groups × block doubles: independent of file sizes.
+/// Two levels of tiling. A chunk is one mapped window per source (two madvise calls each, no copy); within a chunk
+/// the arithmetic runs block by block, so a block's accumulators (one per reduction group) stay in L1/L2 while every
+/// source is added into them, the tree reduces them and the result is rounded. Resident memory per executor is
+/// about chunk × (bytes per element of all sources of a tensor), capped by <see cref="WindowBudgetBytes"/>, plus
+/// groups × block doubles: independent of file sizes.
 /// </remarks>
-public sealed class ShardExecutor
+public sealed unsafe class ShardExecutor
 {
-    /// <summary>Elements per chunk: each source is read in one positional read of this many elements (128 KiB of f16).</summary>
-    public const int DefaultChunkElements = 1 << 16;
+    /// <summary>Elements per chunk: each source is mapped in windows of this many elements (512 KiB of f16).</summary>
+    public const int DefaultChunkElements = 1 << 18;
     /// <summary>Elements per block: 32 KiB of float64 accumulator per group, which fits L1 with its sources' slices.</summary>
     public const int BlockElements = 1 << 12;
-    /// <summary>Cap on the read buffer; with many sources the chunk shrinks (to one block at least) to stay under it.</summary>
-    public const int RawBudgetBytes = 32 << 20;
+    /// <summary>Cap on the windows mapped at once; with many sources the chunk shrinks (to one block at least) to stay under it.</summary>
+    public const int WindowBudgetBytes = 32 << 20;
 
     private readonly MergePlan _plan;
     private readonly InputSet _inputs;
     private readonly MergeProgress? _progress;
     private readonly int _chunk;
     private readonly int _block;
-    private readonly byte[] _raw;
-    private readonly int[] _termOffset;
+    private readonly nint[] _window;
     private readonly byte[] _out;
     private readonly double[][] _groups;
     private readonly bool[] _present;
@@ -46,7 +45,7 @@ public sealed class ShardExecutor
         _plan = plan;
         _inputs = inputs;
         _progress = progress;
-        // Widest tensor in bytes per element over all its sources: the read buffer holds one chunk of each.
+        // Widest tensor in bytes per element over all its sources: one window of each is mapped at a time.
         int rawPerElement = sizeof(double), maxTerms = 1;
         foreach (var t in plan.Tensors)
         {
@@ -56,10 +55,9 @@ public sealed class ShardExecutor
             maxTerms = Math.Max(maxTerms, t.Terms.Length);
         }
         _block = Math.Max(1, Math.Min(BlockElements, chunkElements));
-        int chunk = Math.Min(chunkElements, Math.Max(_block, RawBudgetBytes / rawPerElement));
+        int chunk = Math.Min(chunkElements, Math.Max(_block, WindowBudgetBytes / rawPerElement));
         _chunk = Math.Max(_block, chunk / _block * _block);
-        _raw = new byte[(long)_chunk * rawPerElement];
-        _termOffset = new int[maxTerms];
+        _window = new nint[maxTerms];
         _out = new byte[_chunk * sizeof(double)];
         _groups = new double[Math.Max(plan.GroupCount, 2)][];
         for (int g = 0; g < _groups.Length; g++) _groups[g] = new double[_block];
@@ -82,7 +80,7 @@ public sealed class ShardExecutor
             for (long start = 0; start < tensor.ElementCount; start += _chunk)
             {
                 int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
-                ReadTerms(tensor, -1, start, n);
+                MapTerms(tensor, -1, start, n);
                 for (int b = 0; b < n; b += _block)
                 {
                     int m = Math.Min(_block, n - b);
@@ -91,6 +89,7 @@ public sealed class ShardExecutor
                         throw new InvalidOperationException($"tensor '{tensor.Output.Key}' has no terms");
                     MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
                 }
+                ReleaseTerms(tensor, -1, start, n);
                 WriteOutput(tensor, start, n, output);
             }
         }
@@ -108,13 +107,14 @@ public sealed class ShardExecutor
             {
                 ct.ThrowIfCancellationRequested();
                 int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
-                ReadTerms(tensor, group, start, n);
+                MapTerms(tensor, group, start, n);
                 for (int b = 0; b < n; b += _block)
                 {
                     int m = Math.Min(_block, n - b);
                     SumGroup(tensor, group, b, m);
                     partial.Write(MemoryMarshal.AsBytes(_groups[group].AsSpan(0, m)));
                 }
+                ReleaseTerms(tensor, group, start, n);
                 BytesWritten += (long)n * sizeof(double);
             }
         }
@@ -175,30 +175,35 @@ public sealed class ShardExecutor
         }
     }
 
-    /// <summary>
-    /// Reads elements [start, start+n) of every term in <paramref name="group"/> (all terms when -1) into the read
-    /// buffer, one positional read each, and records where each landed in <see cref="_termOffset"/>.
-    /// </summary>
-    private void ReadTerms(PlannedTensor tensor, int group, long start, int n)
+    /// <summary>Maps elements [start, start+n) of every term in <paramref name="group"/> (all terms when -1) into <see cref="_window"/>.</summary>
+    private void MapTerms(PlannedTensor tensor, int group, long start, int n)
     {
-        int at = 0;
         long bytes = 0;
         for (int t = 0; t < tensor.Terms.Length; t++)
         {
             var term = tensor.Terms[t];
             if (group >= 0 && term.Group != group) continue;
             int size = term.Tensor.DType.Size();
-            _termOffset[t] = at;
-            _inputs.Read(term, start * size, _raw.AsSpan(at, n * size));
-            at += n * size;
+            fixed (byte* p = _inputs.Window(term, start * size, n * size)) _window[t] = (nint)p;
             bytes += n * size;
         }
         BytesRead += bytes;
         _progress?.Add(bytes, 0, tensor.Component);
     }
 
+    private void ReleaseTerms(PlannedTensor tensor, int group, long start, int n)
+    {
+        for (int t = 0; t < tensor.Terms.Length; t++)
+        {
+            var term = tensor.Terms[t];
+            if (group >= 0 && term.Group != group) continue;
+            int size = term.Tensor.DType.Size();
+            _inputs.Release(term, start * size, n * size);
+        }
+    }
+
     /// <summary>
-    /// Σ coefficient·source over the terms of one group for block elements [b, b+m) of the chunk in the read buffer,
+    /// Σ coefficient·source over the terms of one group for block elements [b, b+m) of the chunk's windows,
     /// into the group's accumulator; terms in plan order, from +0.0. False when the group has no terms.
     /// </summary>
     private bool SumGroup(PlannedTensor tensor, int group, int b, int m)
@@ -212,7 +217,8 @@ public sealed class ShardExecutor
             if (!any) acc.Clear();
             any = true;
             int size = term.Tensor.DType.Size();
-            MergeKernels.Accumulate(term.Tensor.DType, _raw.AsSpan(_termOffset[t] + b * size, m * size), term.Coefficient, acc);
+            byte* source = (byte*)_window[t] + (long)b * size;
+            MergeKernels.Accumulate(term.Tensor.DType, new ReadOnlySpan<byte>(source, m * size), term.Coefficient, acc);
         }
         return any;
     }
@@ -237,8 +243,7 @@ public sealed class ShardExecutor
         {
             ct.ThrowIfCancellationRequested();
             int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
-            var raw = _raw.AsSpan(0, n * from.Size());
-            _inputs.Read(term, start * from.Size(), raw);
+            var raw = _inputs.Window(term, start * from.Size(), n * from.Size());
             BytesRead += raw.Length;
             BytesWritten += (long)n * to.Size();
             if (from == to)
@@ -256,6 +261,7 @@ public sealed class ShardExecutor
                 }
                 output.Write(tensor.Output, start * to.Size(), _out.AsSpan(0, n * to.Size()));
             }
+            _inputs.Release(term, start * from.Size(), raw.Length);
             _progress?.Add(raw.Length, (long)n * to.Size(), tensor.Component);
         }
     }
