@@ -94,9 +94,18 @@ public static partial class DTypeConvert
             // A plain mean: the multiply by 1 is exact, so leaving it out gives the same bits with one op fewer per vector.
             for (; i <= source.Length - Vector512<ushort>.Count; i += Vector512<ushort>.Count)
             {
-                var (lower, upper) = Vector512.Widen(Vector512.LoadUnsafe(ref src, (nuint)i));
-                AddSingles(NarrowFloat.Decode<F>(lower), ref dst, i);
-                AddSingles(NarrowFloat.Decode<F>(upper), ref dst, i + Vector512<uint>.Count);
+                var codes = Vector512.LoadUnsafe(ref src, (nuint)i);
+                var (lower, upper) = Vector512.Widen(codes);
+                if (F.ExponentBits < 8 && NarrowFloat.AllNormal<F>(codes))
+                {
+                    AddSingles(NarrowFloat.DecodeNormal<F>(lower), ref dst, i);
+                    AddSingles(NarrowFloat.DecodeNormal<F>(upper), ref dst, i + Vector512<uint>.Count);
+                }
+                else
+                {
+                    AddSingles(NarrowFloat.Decode<F>(lower), ref dst, i);
+                    AddSingles(NarrowFloat.Decode<F>(upper), ref dst, i + Vector512<uint>.Count);
+                }
             }
         }
         if (Vector512.IsHardwareAccelerated)
@@ -104,9 +113,18 @@ public static partial class DTypeConvert
             var c = Vector512.Create(coefficient);
             for (; i <= source.Length - Vector512<ushort>.Count; i += Vector512<ushort>.Count)
             {
-                var (lower, upper) = Vector512.Widen(Vector512.LoadUnsafe(ref src, (nuint)i));
-                AddSingles(NarrowFloat.Decode<F>(lower), c, ref dst, i);
-                AddSingles(NarrowFloat.Decode<F>(upper), c, ref dst, i + Vector512<uint>.Count);
+                var codes = Vector512.LoadUnsafe(ref src, (nuint)i);
+                var (lower, upper) = Vector512.Widen(codes);
+                if (F.ExponentBits < 8 && NarrowFloat.AllNormal<F>(codes))
+                {
+                    AddSingles(NarrowFloat.DecodeNormal<F>(lower), c, ref dst, i);
+                    AddSingles(NarrowFloat.DecodeNormal<F>(upper), c, ref dst, i + Vector512<uint>.Count);
+                }
+                else
+                {
+                    AddSingles(NarrowFloat.Decode<F>(lower), c, ref dst, i);
+                    AddSingles(NarrowFloat.Decode<F>(upper), c, ref dst, i + Vector512<uint>.Count);
+                }
             }
         }
         if (Vector.IsHardwareAccelerated)

@@ -245,6 +245,29 @@ internal static class NarrowFloat
     // ---- Vector512: the same steps as the Vector<T> forms above (which are 256 bits wide on x64), for the merge's
     // hot kernels on AVX-512 machines, where they halve the instructions per element. Keep the two in step.
 
+    /// <summary>
+    /// True when every 16-bit code is a normal number (no zero, subnormal, infinity or NaN), which is nearly every
+    /// vector of trained weights; <see cref="DecodeNormal{F}"/> then decodes them in a third of the instructions.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool AllNormal<F>(Vector512<ushort> codes) where F : INarrowFloatFormat =>
+        Vector512.LessThanAll((codes & Vector512.Create((ushort)MagnitudeMask<F>())) - Vector512.Create((ushort)(1 << F.MantissaBits)),
+                              Vector512.Create((ushort)(ExponentMask<F>() - (1u << F.MantissaBits))));
+
+    /// <summary>
+    /// Decodes normal 16-bit codes only: shifted up to the top of the lane, an arithmetic shift puts the exponent and
+    /// mantissa in float32's places while copying the sign into the bits a float32 exponent has to spare, which the
+    /// mask clears; adding the bias difference finishes the exponent (it cannot carry into the sign).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> DecodeNormal<F>(Vector512<uint> code) where F : INarrowFloatFormat
+    {
+        const int spare = 8; // float32 exponent bits
+        var aligned = Vector512.ShiftRightArithmetic(Vector512.ShiftLeft(code, 16).AsInt32(), spare - F.ExponentBits).AsUInt32();
+        uint copies = ((1u << (spare - F.ExponentBits)) - 1) << (31 - (spare - F.ExponentBits));
+        return ((aligned & Vector512.Create(~copies)) + Vector512.Create((uint)(127 - F.Bias) << 23)).AsSingle();
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Decode<F>(Vector512<uint> code) where F : INarrowFloatFormat
     {

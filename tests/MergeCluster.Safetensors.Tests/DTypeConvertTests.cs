@@ -338,6 +338,36 @@ public class DTypeConvertTests
             }
     }
 
+    /// <summary>
+    /// The f16 kernel decodes vectors of normal numbers by a shorter path and any vector holding a zero, subnormal,
+    /// infinity or NaN by the full one. Every special code is placed at every lane of a vector of normal weights (and
+    /// alone in a vector), so a vector wrongly sent down the short path decodes that lane wrongly and fails here.
+    /// </summary>
+    [Theory]
+    [InlineData(1.0)]
+    [InlineData(0.3)]
+    public void F16_accumulate_is_exact_when_one_lane_of_a_vector_is_special(double c)
+    {
+        ushort[] specials = [0x0000, 0x8000, 0x0001, 0x83FF, 0x03FF, 0x7C00, 0xFC00, 0x7E00, 0x7C01, 0x0400, 0x7BFF, 0xFBFF];
+        const int lanes = 64; // two 512-bit vectors of codes: both loop bodies and their boundary
+        var random = new Random(5);
+        var codes = new byte[lanes * 2];
+        foreach (ushort special in specials)
+            for (int at = 0; at < lanes; at++)
+            {
+                for (int i = 0; i < lanes; i++)
+                    PutCode(codes, i, 2, (ulong)BitConverter.HalfToUInt16Bits((Half)((random.NextDouble() - 0.5) * 0.1 + (i % 2 == 0 ? 0.01 : -0.01))));
+                PutCode(codes, at, 2, special);
+                var acc = new double[lanes];
+                for (int i = 0; i < lanes; i++) acc[i] = (random.NextDouble() - 0.5) * 4;
+                var expected = new double[lanes];
+                for (int i = 0; i < lanes; i++) expected[i] = acc[i] + c * DTypeConvert.ToFloat64(DType.F16, Code(codes, i, 2));
+                DTypeConvert.AccumulateFloat64(DType.F16, codes, c, acc);
+                for (int i = 0; i < lanes; i++)
+                    Assert.True(Same(expected[i], acc[i]), $"special 0x{special:X4} at lane {at}, index {i}: {acc[i]:R}, expected {expected[i]:R}");
+            }
+    }
+
     [Theory, MemberData(nameof(FloatTypes))]
     public void Conversions_allocate_nothing(DType type)
     {
