@@ -20,7 +20,7 @@ public static class MergeCommand
         var threads = new Option<int>("--threads", "-j") { Description = "Worker threads", DefaultValueFactory = _ => Environment.ProcessorCount };
         var dryRun = new Option<bool>("--dry-run") { Description = "Print the plan (components, models, keys filled from the base, sizes) and stop" };
         var fromMetadata = new Option<FileInfo?>("--from-metadata") { Description = "Replay the recipe stored in a merged file's metadata (needs -o)" };
-        var shardMb = new Option<int>("--shard-mb") { Description = "Input megabytes per shard (does not change the output)", DefaultValueFactory = _ => 64 };
+        var shardMb = new Option<int>("--shard-mb") { Description = "Most input megabytes per shard (does not change the output)", DefaultValueFactory = _ => 256 };
         var noHash = new Option<bool>("--no-hash") { Description = "Do not hash inputs into the output metadata (the merge can then not be verified on replay)" };
 
         var command = new Command("merge", "Merge checkpoints component by component as a recipe says, exactly (float64 sums, rounded once)")
@@ -48,6 +48,7 @@ public static class MergeCommand
                 OutputPath = outPath,
                 ShardBytes = (long)parse.GetValue(shardMb) << 20,
                 HashInputs = !parse.GetValue(noHash),
+                InputBytes = plan.InputBytes,
             };
             var progress = new MergeProgress();
             var clock = Stopwatch.StartNew();

@@ -11,10 +11,12 @@ public sealed record LocalMergeOptions
 {
     public int Threads { get; init; } = Environment.ProcessorCount;
     /// <summary>Upper bound of input bytes per shard; small merges use smaller shards so every thread has work.</summary>
-    public long ShardBytes { get; init; } = 64L << 20;
+    public long ShardBytes { get; init; } = 256L << 20;
     public string? OutputPath { get; init; }
     public bool HashInputs { get; init; } = true;
     public TaskShape Shape { get; init; } = TaskShape.Fused;
+    /// <summary>Bytes the recipe reads, when the caller has planned it already; otherwise it is planned once more to size the shards.</summary>
+    public long? InputBytes { get; init; }
 }
 
 /// <summary>
@@ -25,15 +27,15 @@ public static class LocalMerge
 {
     public static async Task<string> RunAsync(Recipe recipe, LocalMergeOptions options, MergeProgress? progress, CancellationToken ct)
     {
-        var probe = Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath });
-        long shardBytes = ShardBytesFor(probe.InputBytes, options.Threads, options.ShardBytes);
+        long inputBytes = options.InputBytes ?? Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath }).InputBytes;
+        long shardBytes = ShardBytesFor(inputBytes, options.Threads, options.ShardBytes);
         string jobOptions = new MergeJobOptions { Shape = options.Shape, ShardBytes = shardBytes, Output = options.OutputPath, HashInputs = options.HashInputs }.ToJson();
         using var engine = new MergeJobEngine(null, options.Threads, progress);
         var job = await EmbeddedRun.RunAsync(engine, recipe.Text, recipe.Directory, jobOptions, Math.Max(1, options.Threads), ct);
         ct.ThrowIfCancellationRequested();
         return job.State switch
         {
-            JobState.Succeeded => probe.OutputPath,
+            JobState.Succeeded => options.OutputPath ?? recipe.OutputPath,
             _ => throw new MergeException(job.Error ?? $"merge {job.State.ToString().ToLowerInvariant()}"),
         };
     }

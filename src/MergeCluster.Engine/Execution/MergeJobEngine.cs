@@ -55,6 +55,9 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     private readonly Func<string, string> _resolve;
     private readonly int _threads;
     private readonly ConcurrentDictionary<long, Lazy<JobContext>> _jobs = new();
+    // The coordinator's plan, for this process's workers and assembly: a plan costs tens of milliseconds per input
+    // (every header is read and validated), and the embedded default runs all three roles in one process.
+    private readonly ConcurrentDictionary<long, MergePlan> _planned = new();
 
     /// <param name="resolvePath">Maps an absolute path from a recipe to the path to open; the cluster confines it to data roots.</param>
     /// <param name="threads">Threads for hashing inputs while planning.</param>
@@ -80,6 +83,7 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         if (options.Shape == TaskShape.Tree) Directory.CreateDirectory(ScratchDirectory(plan.OutputPath, job));
         using (var writer = SafetensorsWriter.Create(plan.OutputPath, plan.Layout, TempOutputPath(plan.OutputPath, job)))
             writer.Detach();
+        _planned[job.Id] = plan;
         return Task.FromResult(Tasks(plan, options.Shape, silos));
     }
 
@@ -88,9 +92,14 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
 
     public Task AssembleAsync(JobRecord job, CancellationToken ct)
     {
-        if (_jobs.TryRemove(job.Id, out var lazy) && lazy.IsValueCreated) lazy.Value.Dispose();
-        var options = MergeJobOptions.FromJson(job.Options);
-        var plan = Planner.Create(ParseRecipe(job), PlanOptionsFor(job, options, null));
+        MergePlan? known = null;
+        if (_jobs.TryRemove(job.Id, out var lazy) && lazy.IsValueCreated)
+        {
+            known = lazy.Value.Plan;
+            lazy.Value.Dispose();
+        }
+        if (_planned.TryRemove(job.Id, out var planned)) known ??= planned;
+        var plan = known ?? Planner.Create(ParseRecipe(job), PlanOptionsFor(job, MergeJobOptions.FromJson(job.Options), null));
         string temp = TempOutputPath(plan.OutputPath, job);
         if (File.Exists(temp))
         {
@@ -109,6 +118,7 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     public Task CleanupAsync(JobRecord job, CancellationToken ct)
     {
         if (_jobs.TryRemove(job.Id, out var lazy) && lazy.IsValueCreated) lazy.Value.Dispose();
+        _planned.TryRemove(job.Id, out _);
         // Only the output path is needed, not a plan: a job that failed on a broken input still gets its files removed.
         string output;
         try { output = OutputPathFor(job); }
@@ -194,6 +204,11 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     /// <summary>Re-derives the coordinator's plan from the recipe and the input hashes fixed in the preallocated output.</summary>
     private JobContext OpenJob(JobRecord job)
     {
+        if (_planned.TryGetValue(job.Id, out var own))
+        {
+            var existing = SafetensorsWriter.OpenExisting(own.OutputPath, TempOutputPath(own.OutputPath, job), own.Layout);
+            return new JobContext(own, new InputSet(own), existing, ScratchDirectory(own.OutputPath, job));
+        }
         var options = MergeJobOptions.FromJson(job.Options);
         var recipe = ParseRecipe(job);
         string temp = TempOutputPath(OutputPathFor(job), job);
@@ -341,6 +356,7 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     {
         foreach (var ctx in _jobs.Values) if (ctx.IsValueCreated) ctx.Value.Dispose();
         _jobs.Clear();
+        _planned.Clear();
     }
 
     /// <summary>What a silo keeps open for a job while it runs its tasks.</summary>
