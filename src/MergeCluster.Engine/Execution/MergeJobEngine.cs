@@ -245,6 +245,31 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         }
     }
 
+    /// <summary>
+    /// A reduce or final task is done in the ledger, so it never runs again and its children's partial sums are dead:
+    /// delete them now rather than at the job's end, or a 50-model SDXL job would hold hundreds of GB of float64 partials.
+    /// </summary>
+    public Task TaskDoneAsync(JobRecord job, TaskLease lease, CancellationToken ct)
+    {
+        if (lease.Kind is not (KindReduce or KindFinal) || !_jobs.TryGetValue(job.Id, out var lazy) || !lazy.IsValueCreated)
+            return Task.CompletedTask;
+        var context = lazy.Value;
+        var payload = MergeTaskPayload.FromJson(lease.Payload);
+        var shard = context.Plan.Shards[payload.Shard];
+        var tree = new ShardTree(context.Plan, shard);
+        if (lease.Kind == KindFinal)
+        {
+            if (tree.Root is { } root) TryDelete(PartialPath(context, shard, root));
+        }
+        else
+        {
+            var (left, right) = tree.Children(new PartialNode(payload.Level, payload.Index));
+            TryDelete(PartialPath(context, shard, left));
+            TryDelete(PartialPath(context, shard, right));
+        }
+        return Task.CompletedTask;
+    }
+
     private static FileStream OpenPartial(JobContext context, Shard shard, PartialNode node)
     {
         string path = PartialPath(context, shard, node);

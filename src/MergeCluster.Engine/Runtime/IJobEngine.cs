@@ -14,6 +14,13 @@ public interface IJobEngine
     /// <summary>Runs one claimed task. Throwing <see cref="PermanentTaskException"/> fails the job without retries.</summary>
     Task RunTaskAsync(JobRecord job, TaskLease lease, CancellationToken ct);
 
+    /// <summary>
+    /// After the ledger has recorded the task done, which is final: what only this task consumed (the partial sums of
+    /// its children) can be removed, so scratch space stays bounded by the shards in flight. Best effort: whatever is
+    /// left goes with the job's scratch at the end.
+    /// </summary>
+    Task TaskDoneAsync(JobRecord job, TaskLease lease, CancellationToken ct) => Task.CompletedTask;
+
     /// <summary>Once every task is done: verifies and commits the output (fsync, rename). Idempotent.</summary>
     Task AssembleAsync(JobRecord job, CancellationToken ct);
 

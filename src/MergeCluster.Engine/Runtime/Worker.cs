@@ -80,6 +80,7 @@ public sealed class Worker(ILedger ledger, IJobEngine engine, string silo, Runti
             var job = await _jobs.GetAsync(lease.JobId, run.Token);
             await engine.RunTaskAsync(job, lease, run.Token);
             outcome = await ReportAsync("done", ct => ledger.CompleteTaskAsync(lease, ct));
+            if (outcome == "done") await TaskDoneAsync(job, lease);
         }
         catch (Exception) when (keeper.IsLost)
         {
@@ -127,6 +128,12 @@ public sealed class Worker(ILedger ledger, IJobEngine engine, string silo, Runti
             log($"could not record '{outcome}' in the ledger: {e.Message}");
             return "lost";
         }
+    }
+
+    private async Task TaskDoneAsync(JobRecord job, TaskLease lease)
+    {
+        try { await engine.TaskDoneAsync(job, lease, CancellationToken.None); }
+        catch (Exception e) { log($"after {Describe(lease)}: {e.Message}"); }
     }
 
     private static string Describe(TaskLease lease) => $"job {lease.JobId} task {lease.Name} (attempt {lease.Attempt})";

@@ -1,0 +1,47 @@
+using System.Diagnostics;
+using MergeCluster.Engine.Execution;
+using MergeCluster.Engine.Telemetry;
+using MergeCluster.Merge.Recipes;
+using MergeCluster.Merge.Tests.Support;
+using MergeCluster.Safetensors;
+
+namespace MergeCluster.Merge.Tests.Merging;
+
+public class TreeScratchTests
+{
+    /// <summary>
+    /// A tree-shaped merge deletes a partial sum as soon as the task that consumed it is done in the ledger, so scratch
+    /// holds the shards in flight, not the whole job (which for 50 SDXL models would be hundreds of GB of float64).
+    /// Counted whenever a task span ends: 24 shards × 5 partials would reach 120 files if nothing were deleted.
+    /// </summary>
+    [Fact]
+    public async Task Partial_sums_are_deleted_once_their_consumer_is_done()
+    {
+        using var dir = new TempDirectory();
+        var tensors = Enumerable.Range(0, 24)
+            .Select(i => new Checkpoints.Tensor($"model.diffusion_model.input_blocks.{i}.0.weight", DType.F16, [256, 1024])).ToList();
+        for (int i = 0; i < 3; i++) Checkpoints.Write(dir.File($"m{i}.safetensors"), i + 1, DType.F16, tensors: tensors);
+        File.WriteAllText(dir.File("recipe.yaml"), "models:\n  m0: m0.safetensors\n  m1: m1.safetensors\n  m2: m2.safetensors\ncomponents:\n  all: { method: mean, models: [m0, m1, m2] }\noutput: out.safetensors\nreduce: { group: 1 }\n");
+
+        int most = 0, finals = 0;
+        using var listener = new ActivityListener
+        {
+            ShouldListenTo = s => s.Name == MergeTelemetry.Name,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = span =>
+            {
+                if (span.OperationName != MergeTelemetry.TaskSpan) return;
+                int partials = Directory.EnumerateFiles(dir.Path, "*.partial", SearchOption.AllDirectories).Count();
+                lock (dir) most = Math.Max(most, partials);
+                if ((string?)span.GetTagItem(MergeTelemetry.KindTag) == "final") Interlocked.Increment(ref finals);
+            },
+        };
+        ActivitySource.AddActivityListener(listener);
+
+        await LocalMerge.RunAsync(Recipe.Load(dir.File("recipe.yaml")), new LocalMergeOptions { Threads = 2, HashInputs = false, Shape = TaskShape.Tree, ShardBytes = 1 << 20 }, null, CancellationToken.None);
+
+        Assert.Equal(24, finals);
+        Assert.InRange(most, 1, 25);
+        Assert.Empty(Directory.EnumerateFiles(dir.Path, "*.partial", SearchOption.AllDirectories));
+    }
+}
