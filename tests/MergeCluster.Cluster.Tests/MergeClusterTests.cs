@@ -61,7 +61,7 @@ public sealed class MergeClusterTests(ITestOutputHelper output)
         string recipe = await WriteModelsAndRecipeAsync(cluster, "cluster.safetensors");
         await Task.WhenAll(new[] { "s1", "s2", "s3" }.Select(n => cluster.StartSiloAsync(n, SiloArgs)));
 
-        var submit = await cluster.CliAsync("submit", recipe, "--wait", "--shard-mb", "1");
+        var submit = await cluster.CliAsync("submit", recipe, "--wait", "--shard-mb", "1", "--shape", "tree");
         Assert.True(submit.ExitCode == 0, submit.Output + cluster.AllSiloOutput);
         long id = long.Parse(submit.Stdout.Trim());
 
@@ -82,7 +82,7 @@ public sealed class MergeClusterTests(ITestOutputHelper output)
         await using var cluster = await ClusterFixture.CreateAsync(output);
         string recipe = await WriteModelsAndRecipeAsync(cluster, "cluster.safetensors");
         var victim = await cluster.StartSiloAsync("victim", SiloArgs);
-        long id = await cluster.SubmitAsync(recipe, "--shard-mb", "1");
+        long id = await cluster.SubmitAsync(recipe, "--shard-mb", "1", "--shape", "tree");
 
         // Freeze the only silo while it holds a task, so the task is mid-flight when it dies.
         TaskRecord? held = null;
@@ -106,7 +106,7 @@ public sealed class MergeClusterTests(ITestOutputHelper output)
         await using var cluster = await ClusterFixture.CreateAsync(output, server);
         string recipe = await WriteModelsAndRecipeAsync(cluster, "cluster.safetensors");
         var silos = await Task.WhenAll(new[] { "s1", "s2" }.Select(n => cluster.StartSiloAsync(n, "--threads", "1", "--lease", "10")));
-        long id = await cluster.SubmitAsync(recipe, "--shard-mb", "1");
+        long id = await cluster.SubmitAsync(recipe, "--shard-mb", "1", "--shape", "tree");
         await Poll.UntilAsync(async () => (await cluster.Client.ListTasksAsync(id, default)).Any(t => t.State == TaskState.Leased), "a task runs");
 
         // Frozen silos keep the job in flight while the server goes down and comes back.

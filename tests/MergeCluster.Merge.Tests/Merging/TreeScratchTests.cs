@@ -45,3 +45,24 @@ public class TreeScratchTests
         Assert.Empty(Directory.EnumerateFiles(dir.Path, "*.partial", SearchOption.AllDirectories));
     }
 }
+
+public class TaskShapeTests
+{
+    /// <summary>Auto is fused when some silo holds every model (shared storage) and a tree when the models are spread.</summary>
+    [Fact]
+    public void Auto_shape_builds_a_tree_only_when_no_silo_holds_every_model()
+    {
+        using var dir = new TempDirectory();
+        for (int i = 0; i < 2; i++) Checkpoints.Write(dir.File($"m{i}.safetensors"), i + 1, DType.F16);
+        File.WriteAllText(dir.File("recipe.yaml"), "models:\n  m0: m0.safetensors\n  m1: m1.safetensors\ncomponents:\n  all: { method: mean, models: [m0, m1] }\noutput: out.safetensors\nreduce: { group: 1 }\n");
+        var plan = Engine.Planning.Planner.Create(Recipe.Load(dir.File("recipe.yaml")));
+        Engine.Ledger.SiloRecord Silo(string name, params string[] models) =>
+            new(name, "host", 1, DateTimeOffset.UtcNow, DateTimeOffset.UtcNow, models.Length == 0 ? null : string.Join('\n', models.Select(m => $"/data/{m}")));
+
+        Assert.Equal(TaskShape.Fused, MergeJobEngine.ShapeFor(plan, [Silo("a", "m0.safetensors", "m1.safetensors", "other.safetensors"), Silo("b", "m0.safetensors")]));
+        Assert.Equal(TaskShape.Tree, MergeJobEngine.ShapeFor(plan, [Silo("a", "m0.safetensors"), Silo("b", "m1.safetensors")]));
+        Assert.Equal(TaskShape.Fused, MergeJobEngine.ShapeFor(plan, [Silo("a"), Silo("b")]));
+        Assert.Contains(MergeJobEngine.Tasks(plan, TaskShape.Tree, []), t => t.Kind == "leaf");
+        Assert.DoesNotContain(MergeJobEngine.Tasks(plan, TaskShape.Fused, []), t => t.Kind == "leaf");
+    }
+}
