@@ -98,17 +98,21 @@ phases=$(psql "select round(extract(epoch from (select min(started_at) from merg
   from mergecluster.jobs where id = $job")
 client=$(psql "select 'client ' || round((extract(epoch from submitted_at) - $start)::numeric, 2) || ' s from start to submitted, ' ||
   round(($end - extract(epoch from finished_at))::numeric, 2) || ' s from the job end to its exit' from mergecluster.jobs where id = $job")
+gaps=$(psql "select round(sum(gap)::numeric, 2) || ' s between a silo''s tasks in total, ' || round((1000 * avg(gap))::numeric) || ' ms on average' from (
+  select extract(epoch from started_at - lag(finished_at) over (partition by silo order by started_at)) as gap
+  from mergecluster.tasks where job_id = $job) g")
 per_silo=$(psql "select string_agg(silo || ' ' || n || ' tasks at ' || rate || ' GB/s', ', ' order by silo) from (
   select silo, count(*) as n, round((sum(bytes) / sum(extract(epoch from finished_at - started_at)) / 1e9)::numeric, 2) as rate
   from mergecluster.tasks where job_id = $job group by silo) s")
 same=no; [[ "$(sha256sum "$work/data/cluster.safetensors" | cut -d' ' -f1)" == "$local_sha" ]] && same=yes
-awk -v b="$bytes" -v l="$local_s" -v c="$cluster_s" -v t="$tasks" -v tx="$((tx1 - tx0))" -v same="$same" -v n="${#files[@]}" -v phases="$phases" -v per_silo="$per_silo" -v client="$client" -v lcpu="$local_cpu" -v scpu="$silo_cpu" -v hz="$(getconf CLK_TCK)" -v shape="${silos}x${silo_threads}" -v cold="$cold_s" 'BEGIN {
+awk -v b="$bytes" -v l="$local_s" -v c="$cluster_s" -v t="$tasks" -v tx="$((tx1 - tx0))" -v same="$same" -v n="${#files[@]}" -v phases="$phases" -v per_silo="$per_silo" -v client="$client" -v gaps="$gaps" -v lcpu="$local_cpu" -v scpu="$silo_cpu" -v hz="$(getconf CLK_TCK)" -v shape="${silos}x${silo_threads}" -v cold="$cold_s" 'BEGIN {
   printf "inputs:          %d files, %.2f GB\n", n, b / 1e9
   printf "local (2 thr):   %.2f s, %.2f GB/s\n", l, b / l / 1e9
   printf "cluster (%s):   %.2f s, %.2f GB/s, %d tasks\n", shape, c, b / c / 1e9, t
   printf "overhead:        %+.1f%% (the first run, on cold silos: %.2f s, %+.1f%%)\n", (c / l - 1) * 100, cold, (cold / l - 1) * 100
   printf "phases:          %s\n", phases
   printf "                 %s\n", client
+  printf "                 %s\n", gaps
   printf "per silo:        %s (input bytes over busy time)\n", per_silo
   printf "cpu time:        local %.1f s, silos %.1f s (user + system, whole processes)\n", lcpu / hz, scpu / hz
   printf "ledger:          %d transactions during the job, %.1f per task (all silos and the client, heartbeats included)\n", tx, tx / t
