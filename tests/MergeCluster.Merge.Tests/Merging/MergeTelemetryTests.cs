@@ -8,6 +8,16 @@ using MergeCluster.Safetensors;
 
 namespace MergeCluster.Merge.Tests.Merging;
 
+/// <summary>
+/// Tests that listen to the engine's spans: an ActivityListener hears every merge in the process, so these run alone.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class SpanListeningTests
+{
+    public const string Name = "span listening";
+}
+
+[Collection(SpanListeningTests.Name)]
 public class MergeTelemetryTests
 {
     [Fact]

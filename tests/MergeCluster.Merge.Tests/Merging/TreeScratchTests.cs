@@ -7,6 +7,7 @@ using MergeCluster.Safetensors;
 
 namespace MergeCluster.Merge.Tests.Merging;
 
+[Collection(SpanListeningTests.Name)]
 public class TreeScratchTests
 {
     /// <summary>
