@@ -86,11 +86,12 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         if (options.HashInputs)
             plan = Planner.Create(recipe, PlanOptionsFor(job, options, InputHashes.Compute(plan.Inputs, _threads)));
         ct.ThrowIfCancellationRequested();
-        if (options.Shape == TaskShape.Tree) Directory.CreateDirectory(ScratchDirectory(plan.OutputPath, job));
+        var shape = options.Shape == TaskShape.Auto ? ShapeFor(plan, silos) : options.Shape;
+        if (shape == TaskShape.Tree) Directory.CreateDirectory(ScratchDirectory(plan.OutputPath, job));
         using (var writer = SafetensorsWriter.Create(plan.OutputPath, plan.Layout, TempOutputPath(plan.OutputPath, job)))
             writer.Detach();
         _planned[job.Id] = plan;
-        return Task.FromResult(Tasks(plan, options.Shape == TaskShape.Auto ? ShapeFor(plan, silos) : options.Shape, silos));
+        return Task.FromResult(Tasks(plan, shape, silos));
     }
 
     public Task RunTaskAsync(JobRecord job, TaskLease lease, CancellationToken ct) =>

@@ -51,7 +51,7 @@ public class TaskShapeTests
 {
     /// <summary>Auto is fused when some silo holds every model (shared storage) and a tree when the models are spread.</summary>
     [Fact]
-    public void Auto_shape_builds_a_tree_only_when_no_silo_holds_every_model()
+    public async Task Auto_shape_builds_a_tree_only_when_no_silo_holds_every_model()
     {
         using var dir = new TempDirectory();
         for (int i = 0; i < 2; i++) Checkpoints.Write(dir.File($"m{i}.safetensors"), i + 1, DType.F16);
@@ -65,5 +65,14 @@ public class TaskShapeTests
         Assert.Equal(TaskShape.Fused, MergeJobEngine.ShapeFor(plan, [Silo("a"), Silo("b")]));
         Assert.Contains(MergeJobEngine.Tasks(plan, TaskShape.Tree, []), t => t.Kind == "leaf");
         Assert.DoesNotContain(MergeJobEngine.Tasks(plan, TaskShape.Fused, []), t => t.Kind == "leaf");
+
+        // A job whose auto shape turns out a tree gets the scratch directory its leaves write into.
+        var job = new Engine.Ledger.JobRecord(7, Engine.Ledger.JobState.Running, File.ReadAllText(dir.File("recipe.yaml")), dir.Path,
+            new MergeJobOptions { HashInputs = false }.ToJson(), "a", null, null, DateTimeOffset.UtcNow, null, null);
+        using var engine = new MergeJobEngine();
+        var tasks = await engine.PlanAsync(job, [Silo("a", "m0.safetensors"), Silo("b", "m1.safetensors")], CancellationToken.None);
+        Assert.Contains(tasks, t => t.Kind == "leaf");
+        Assert.Single(Directory.EnumerateDirectories(dir.Path, "*.scratch"));
+        await engine.CleanupAsync(job, CancellationToken.None);
     }
 }
