@@ -105,8 +105,8 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
             known = lazy.Value.Plan;
             lazy.Value.Dispose();
         }
-        if (_planned.TryRemove(job.Id, out var planned)) known ??= planned;
-        var plan = known ?? Planner.Create(ParseRecipe(job), PlanOptionsFor(job, MergeJobOptions.FromJson(job.Options), null));
+        _planned.TryRemove(job.Id, out var planned);
+        var plan = known ?? planned ?? Planner.Create(ParseRecipe(job), PlanOptionsFor(job, MergeJobOptions.FromJson(job.Options), null));
         string temp = TempOutputPath(plan.OutputPath, job);
         if (File.Exists(temp))
         {
@@ -336,14 +336,15 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         foreach (var input in plan.Inputs)
             if (input.Length > 0) files.Add(Path.GetFileName(input.Path));
         foreach (var silo in silos)
-        {
-            if (string.IsNullOrEmpty(silo.Models)) continue;
-            var held = new HashSet<string>(silo.Models.Split(['\n', ','], StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(Path.GetFileName)!, StringComparer.Ordinal);
-            if (files.IsSubsetOf(held)) return TaskShape.Fused;
-        }
+            if (!string.IsNullOrEmpty(silo.Models) && files.IsSubsetOf(HeldFiles(silo)))
+                return TaskShape.Fused;
         // No silo declares models (none scanned yet, or silos with no data roots) also means fused: nothing to place near.
         return silos.Any(s => !string.IsNullOrEmpty(s.Models)) ? TaskShape.Tree : TaskShape.Fused;
     }
+
+    /// <summary>The file names of the checkpoints a silo declared (paths, one a line or comma-separated).</summary>
+    private static IEnumerable<string> HeldFiles(SiloRecord silo) =>
+        (silo.Models ?? "").Split(['\n', ','], StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(m => Path.GetFileName(m));
 
     /// <summary>The silo that declares the most of this group's models, so leaves read local disks where they can.</summary>
     private static string? PreferredSilo(MergePlan plan, Shard shard, int group, IReadOnlyList<SiloRecord> silos)
@@ -356,8 +357,7 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         int bestCount = 0;
         foreach (var silo in silos)
         {
-            if (string.IsNullOrEmpty(silo.Models)) continue;
-            int count = silo.Models.Split(['\n', ','], StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Count(m => files.Contains(Path.GetFileName(m)));
+            int count = HeldFiles(silo).Count(files.Contains);
             if (count > bestCount) (best, bestCount) = (silo.Name, count);
         }
         return best;
