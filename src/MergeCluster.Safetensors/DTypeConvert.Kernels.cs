@@ -94,18 +94,9 @@ public static partial class DTypeConvert
             // A plain mean: the multiply by 1 is exact, so leaving it out gives the same bits with one op fewer per vector.
             for (; i <= source.Length - Vector512<ushort>.Count; i += Vector512<ushort>.Count)
             {
-                var codes = Vector512.LoadUnsafe(ref src, (nuint)i);
-                var (lower, upper) = Vector512.Widen(codes);
-                if (F.ExponentBits < 8 && NarrowFloat.AllNormal<F>(codes))
-                {
-                    AddSingles(NarrowFloat.DecodeNormal<F>(lower), ref dst, i);
-                    AddSingles(NarrowFloat.DecodeNormal<F>(upper), ref dst, i + Vector512<uint>.Count);
-                }
-                else
-                {
-                    AddSingles(NarrowFloat.Decode<F>(lower), ref dst, i);
-                    AddSingles(NarrowFloat.Decode<F>(upper), ref dst, i + Vector512<uint>.Count);
-                }
+                var (lower, upper) = Decode16x32<F>(Vector512.LoadUnsafe(ref src, (nuint)i));
+                AddSingles(lower, ref dst, i);
+                AddSingles(upper, ref dst, i + Vector512<uint>.Count);
             }
         }
         if (Vector512.IsHardwareAccelerated)
@@ -113,18 +104,9 @@ public static partial class DTypeConvert
             var c = Vector512.Create(coefficient);
             for (; i <= source.Length - Vector512<ushort>.Count; i += Vector512<ushort>.Count)
             {
-                var codes = Vector512.LoadUnsafe(ref src, (nuint)i);
-                var (lower, upper) = Vector512.Widen(codes);
-                if (F.ExponentBits < 8 && NarrowFloat.AllNormal<F>(codes))
-                {
-                    AddSingles(NarrowFloat.DecodeNormal<F>(lower), c, ref dst, i);
-                    AddSingles(NarrowFloat.DecodeNormal<F>(upper), c, ref dst, i + Vector512<uint>.Count);
-                }
-                else
-                {
-                    AddSingles(NarrowFloat.Decode<F>(lower), c, ref dst, i);
-                    AddSingles(NarrowFloat.Decode<F>(upper), c, ref dst, i + Vector512<uint>.Count);
-                }
+                var (lower, upper) = Decode16x32<F>(Vector512.LoadUnsafe(ref src, (nuint)i));
+                AddSingles(lower, c, ref dst, i);
+                AddSingles(upper, c, ref dst, i + Vector512<uint>.Count);
             }
         }
         if (Vector.IsHardwareAccelerated)
@@ -134,6 +116,16 @@ public static partial class DTypeConvert
                 AddDecoded<F>(Vector.LoadUnsafe(ref src, (nuint)i), c, ref dst, i);
         }
         for (; i < source.Length; i++) acc[i] += coefficient * NarrowFloat.Decode<F>(source[i]);
+    }
+
+    /// <summary>Decodes 32 16-bit codes to two vectors of float32, taking the short path when every code is a normal number.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector512<float> Lower, Vector512<float> Upper) Decode16x32<F>(Vector512<ushort> codes) where F : INarrowFloatFormat
+    {
+        var (lower, upper) = Vector512.Widen(codes);
+        return F.ExponentBits < 8 && NarrowFloat.AllNormal<F>(codes)
+            ? (NarrowFloat.DecodeNormal<F>(lower), NarrowFloat.DecodeNormal<F>(upper))
+            : (NarrowFloat.Decode<F>(lower), NarrowFloat.Decode<F>(upper));
     }
 
     /// <summary>acc[i] += c · decode(source[i]) for 8-bit codes.</summary>
