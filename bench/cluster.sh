@@ -5,6 +5,8 @@
 # the job twice, and the second (warm) run is compared, as silos are long-running.
 #
 #   bench/cluster.sh FILE FILE... [--group G] [--shard-mb N] [--silos N] [--silo-threads T]
+#
+# PG_EXTRA adds server settings, e.g. PG_EXTRA="-c synchronous_commit=off" to see what the WAL flush costs per task.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mc="$root/mergecluster"
