@@ -211,7 +211,9 @@ public abstract class LedgerContractTests : IAsyncLifetime
             Assert.Equal(attempt, lease!.Attempt);
             await Task.Delay(PastShort);
         }
+        var waiting = Ledger.WaitForJobChangeAsync(Long, default);
         Assert.Null(await Ledger.ClaimTaskAsync("s9", Long, default));
+        await Poll.UntilAsync(() => waiting.IsCompleted, "the job failing wakes its coordinator", Short * 20);
         var record = await Ledger.GetJobAsync(job, default);
         Assert.Equal(JobState.Failed, record!.State);
         Assert.Equal(TaskGraph.LeaseExpiredError("a", 3), record.Error);
@@ -316,6 +318,46 @@ public abstract class LedgerContractTests : IAsyncLifetime
         await Ledger.CompleteTaskAsync(lease!, default);
         await Poll.UntilAsync(() => waiting.IsCompleted, "a completion wakes a waiter");
         Assert.Equal(JobState.Running, (await Ledger.GetJobAsync(job, default))!.State);
+    }
+
+    [Fact]
+    public async Task A_coordinator_is_woken_by_a_submit_and_by_the_last_completion_but_not_while_tasks_wait_to_be_claimed()
+    {
+        var waiting = Ledger.WaitForJobChangeAsync(Long, default);
+        Assert.False(waiting.IsCompleted);
+        long job = await PlannedJobAsync(Spec("a"), Spec("b"), Spec("c"));
+        await Poll.UntilAsync(() => waiting.IsCompleted, "a submit wakes a coordinator", Short * 20);
+
+        var a = await Ledger.ClaimTaskAsync("s1", Long, default);
+        var b = await Ledger.ClaimTaskAsync("s2", Long, default);
+        waiting = Ledger.WaitForJobChangeAsync(Long, default);
+        Assert.True(await Ledger.CompleteTaskAsync(a!, default));
+        // A notification arrives in milliseconds; this one must not come at all, or coordinators poll once per task.
+        await Task.Delay(Short);
+        Assert.False(waiting.IsCompleted, "a completion that leaves a task unclaimed does not wake the coordinator");
+
+        var c = await Ledger.ClaimTaskAsync("s1", Long, default);
+        Assert.True(await Ledger.CompleteTaskAsync(b!, default));
+        waiting = Ledger.WaitForJobChangeAsync(Long, default);
+        Assert.True(await Ledger.CompleteTaskAsync(c!, default));
+        await Poll.UntilAsync(() => waiting.IsCompleted, "the job's last completion wakes the coordinator", Short * 20);
+        Assert.Equal(JobState.Running, (await Ledger.GetJobAsync(job, default))!.State);
+    }
+
+    [Fact]
+    public async Task A_coordinator_is_woken_when_its_job_fails_or_is_cancelled()
+    {
+        long failing = await PlannedJobAsync(Spec("a"), Spec("b"));
+        var lease = await Ledger.ClaimTaskAsync("s1", Long, default);
+        var waiting = Ledger.WaitForJobChangeAsync(Long, default);
+        Assert.True(await Ledger.FailTaskAsync(lease!, "corrupt header", permanent: true, default));
+        await Poll.UntilAsync(() => waiting.IsCompleted, "a task failing its job wakes the coordinator", Short * 20);
+        Assert.Equal(JobState.Failed, (await Ledger.GetJobAsync(failing, default))!.State);
+
+        long cancelled = await Ledger.SubmitJobAsync(new JobSubmission("recipe", "/recipes", "", null), default);
+        waiting = Ledger.WaitForJobChangeAsync(Long, default);
+        Assert.True(await Ledger.CancelJobAsync(cancelled, default));
+        await Poll.UntilAsync(() => waiting.IsCompleted, "a cancel wakes the coordinator", Short * 20);
     }
 
     [Fact]

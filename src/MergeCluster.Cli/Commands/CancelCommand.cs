@@ -17,7 +17,7 @@ public static class CancelCommand
         command.SetAction(async (parse, ct) =>
         {
             long id = parse.GetValue(job);
-            await using var client = await LedgerOption.OpenClientAsync(parse.GetValue(ledger), ct);
+            await using var client = await LedgerOption.OpenClientAsync(parse.GetValue(ledger), listen: false, ct);
             if (!await client.CancelJobAsync(id, ct))
             {
                 var record = await client.GetJobAsync(id, ct) ?? throw new MergeException($"job {id}: no such job");

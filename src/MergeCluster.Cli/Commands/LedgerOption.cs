@@ -12,7 +12,10 @@ public static class LedgerOption
         HelpName = "CONN",
     };
 
-    /// <summary>Opens the ledger with few retries: a client reports an unreachable server in seconds.</summary>
-    public static Task<PostgresLedger> OpenClientAsync(string? value, CancellationToken ct) =>
-        PostgresLedger.OpenAsync(LedgerConnection.Parse(value), PostgresLedgerOptions.Client, ct);
+    /// <summary>
+    /// Opens the ledger with few retries, so a client reports an unreachable server in seconds. Only a client that
+    /// waits for notifications should <paramref name="listen"/>: listening costs a second connection.
+    /// </summary>
+    public static Task<PostgresLedger> OpenClientAsync(string? value, bool listen, CancellationToken ct) =>
+        PostgresLedger.OpenAsync(LedgerConnection.Parse(value), PostgresLedgerOptions.Client(listen), ct);
 }

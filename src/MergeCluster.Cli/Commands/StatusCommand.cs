@@ -21,7 +21,7 @@ public static class StatusCommand
         command.Options.Add(ledger);
         command.SetAction(async (parse, ct) =>
         {
-            await using var client = await LedgerOption.OpenClientAsync(parse.GetValue(ledger), ct);
+            await using var client = await LedgerOption.OpenClientAsync(parse.GetValue(ledger), listen: false, ct);
             Console.WriteLine($"ledger: {client.Display}");
             await PrintSilosAsync(client, ct);
             if (parse.GetValue(job) is { } id) await PrintJobAsync(client, id, ct);

@@ -20,15 +20,23 @@ public sealed record PostgresLedgerOptions
     public TimeSpan RetryMaxDelay { get; init; } = TimeSpan.FromSeconds(2);
     /// <summary>Where retries and listener reconnects are reported (a silo's log); never given a credential.</summary>
     public Action<string>? Log { get; init; }
+    /// <summary>
+    /// Whether to hold a connection that LISTENs, so waits end at the notification. Without it waits run to their
+    /// timeout: for clients that never wait, and save the second connection.
+    /// </summary>
+    public bool Listen { get; init; } = true;
 
-    /// <summary>For one-shot clients (submit, status, cancel): an unreachable server is reported after a few seconds.</summary>
-    public static PostgresLedgerOptions Client => new() { RetryAttempts = 3 };
+    /// <summary>
+    /// For one-shot clients (submit, status, cancel): an unreachable server is reported after a few seconds; only a
+    /// client that follows a job listens.
+    /// </summary>
+    public static PostgresLedgerOptions Client(bool listen) => new() { RetryAttempts = 3, Listen = listen };
 }
 
 /// <summary>
 /// The cluster's ledger in PostgreSQL: membership, jobs, tasks and leases in the <c>mergecluster</c> schema, created
 /// idempotently on open. Every call is one round trip retried by Polly on transient errors (a restarted server
-/// included); claims use FOR UPDATE SKIP LOCKED; a dedicated connection LISTENs for work notifications.
+/// included); claims use FOR UPDATE SKIP LOCKED; a dedicated connection LISTENs for work and job notifications.
 /// </summary>
 public sealed class PostgresLedger : ILedger
 {
@@ -37,6 +45,7 @@ public sealed class PostgresLedger : ILedger
     private readonly PostgresLedgerOptions _options;
     private readonly ResiliencePipeline _retry;
     private readonly WorkSignal _work = new();
+    private readonly WorkSignal _jobChange = new();
     private readonly CancellationTokenSource _closing = new();
     private readonly TaskCompletionSource _listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private Task _listener = Task.CompletedTask;
@@ -73,7 +82,7 @@ public sealed class PostgresLedger : ILedger
         }).Build();
     }
 
-    /// <summary>Connects, creates the schema if needed and starts listening for work notifications.</summary>
+    /// <summary>Connects, creates the schema if needed and, unless told not to, starts listening for notifications.</summary>
     public static async Task<PostgresLedger> OpenAsync(LedgerConnection connection, PostgresLedgerOptions? options, CancellationToken ct)
     {
         var ledger = new PostgresLedger(connection, options ?? new PostgresLedgerOptions());
@@ -87,10 +96,13 @@ public sealed class PostgresLedger : ILedger
                 await tx.CommitAsync(token);
                 return 0;
             }, ct);
-            ledger._listener = ledger.ListenAsync(ledger._closing.Token);
-            // Tests and the first wait rely on notifications from here on; a listener that cannot start in time
-            // leaves the ledger on polling, which it keeps retrying to leave.
-            await Task.WhenAny(ledger._listening.Task, Task.Delay(TimeSpan.FromSeconds(5), ct));
+            if (ledger._options.Listen)
+            {
+                ledger._listener = ledger.ListenAsync(ledger._closing.Token);
+                // Tests and the first wait rely on notifications from here on; a listener that cannot start in time
+                // leaves the ledger on polling, which it keeps retrying to leave.
+                await Task.WhenAny(ledger._listening.Task, Task.Delay(TimeSpan.FromSeconds(5), ct));
+            }
             return ledger;
         }
         catch
@@ -244,12 +256,14 @@ public sealed class PostgresLedger : ILedger
 
     public Task WaitForWorkAsync(TimeSpan timeout, CancellationToken ct) => _work.WaitAsync(timeout, TimeProvider.System, ct);
 
+    public Task WaitForJobChangeAsync(TimeSpan timeout, CancellationToken ct) => _jobChange.WaitAsync(timeout, TimeProvider.System, ct);
+
     // ---- notifications ----
 
     /// <summary>
-    /// Holds one connection that LISTENs and pulses waiters on each notification. When it breaks (a server restart)
-    /// it reconnects with backoff; meanwhile waiters fall back to polling, and a pulse after reconnecting covers
-    /// whatever was notified while nobody listened.
+    /// Holds one connection that LISTENs on both channels and pulses the channel's waiters on each notification. When
+    /// it breaks (a server restart) it reconnects with backoff; meanwhile waiters fall back to polling, and a pulse of
+    /// both after reconnecting covers whatever was notified while nobody listened.
     /// </summary>
     private async Task ListenAsync(CancellationToken ct)
     {
@@ -259,10 +273,11 @@ public sealed class PostgresLedger : ILedger
             try
             {
                 await using var conn = await _dataSource.OpenConnectionAsync(ct);
-                conn.Notification += (_, _) => _work.Pulse();
+                conn.Notification += (_, e) => (e.Channel == PostgresSql.JobsChannel ? _jobChange : _work).Pulse();
                 await using (var listen = new NpgsqlCommand(PostgresSql.Listen, conn)) await listen.ExecuteNonQueryAsync(ct);
-                _listening.TrySetResult();
                 _work.Pulse();
+                _jobChange.Pulse();
+                _listening.TrySetResult();
                 backoff = _options.RetryDelay;
                 while (true)
                 {

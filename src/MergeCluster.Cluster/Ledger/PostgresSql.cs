@@ -3,11 +3,14 @@ namespace MergeCluster.Cluster.Ledger;
 /// <summary>
 /// Every statement the PostgreSQL ledger sends, in one place. Times come from the server's clock (now()), so silos
 /// with skewed clocks still agree on when a lease expires. Each statement is one round trip; the ones that make work
-/// appear end with a NOTIFY on <see cref="Channel"/>, delivered when they commit.
+/// appear end with a NOTIFY on <see cref="WorkChannel"/>, and the ones a coordinator or a job's follower must act on
+/// (a job submitted, cancelled, failed or ended, or its last task done) with one on <see cref="JobsChannel"/>; both
+/// are delivered on commit.
 /// </summary>
 internal static class PostgresSql
 {
-    public const string Channel = "mergecluster_work";
+    public const string WorkChannel = "mergecluster_work";
+    public const string JobsChannel = "mergecluster_jobs";
 
     // Serialises schema creation: concurrent CREATE ... IF NOT EXISTS can still collide in the catalog.
     private const string SchemaLock = "7882832511190133875"; // "mergecls" as a bigint
@@ -60,6 +63,7 @@ internal static class PostgresSql
         CREATE INDEX IF NOT EXISTS tasks_claimable ON mergecluster.tasks (job_id, id)
             WHERE state IN ('pending', 'leased') AND remaining_deps = 0;
         CREATE INDEX IF NOT EXISTS tasks_leased ON mergecluster.tasks (lease_until) WHERE state = 'leased';
+        CREATE INDEX IF NOT EXISTS tasks_pending ON mergecluster.tasks (job_id) WHERE state = 'pending';
         CREATE TABLE IF NOT EXISTS mergecluster.task_deps (
             task_id     bigint NOT NULL REFERENCES mergecluster.tasks (id) ON DELETE CASCADE,
             depends_on  bigint NOT NULL REFERENCES mergecluster.tasks (id) ON DELETE CASCADE,
@@ -67,10 +71,10 @@ internal static class PostgresSql
         );
         """;
 
-    public const string Listen = $"LISTEN {Channel}";
+    public const string Listen = $"LISTEN {WorkChannel}; LISTEN {JobsChannel}";
 
     /// <summary>Appended to a data-modifying CTE named <c>changed</c>: notifies when it changed a row and returns how many it changed.</summary>
-    private const string NotifyChanged = $"SELECT count(*) FROM changed, LATERAL pg_notify('{Channel}', '') AS n";
+    private const string NotifyChanged = $"SELECT count(*) FROM changed, LATERAL pg_notify('{WorkChannel}', '') AS n";
 
     // ---- membership ----
 
@@ -104,7 +108,7 @@ internal static class PostgresSql
             VALUES (@submission, 'queued', @recipe_text, @recipe_directory, @options, @trace_parent)
             ON CONFLICT (submission) DO UPDATE SET submission = EXCLUDED.submission
             RETURNING id)
-        SELECT changed.id FROM changed, LATERAL pg_notify('{Channel}', '') AS n
+        SELECT changed.id FROM changed, LATERAL pg_notify('{JobsChannel}', '') AS n
         """;
 
     public const string GetJob = $"SELECT {JobColumns} FROM mergecluster.jobs WHERE id = @id";
@@ -116,7 +120,7 @@ internal static class PostgresSql
             UPDATE mergecluster.jobs SET state = 'cancelled', error = COALESCE(error, 'cancelled')
             WHERE id = @id AND state IN ('queued', 'running')
             RETURNING id)
-        {NotifyChanged}
+        SELECT count(*) FROM changed, LATERAL pg_notify('{WorkChannel}', '') AS w, LATERAL pg_notify('{JobsChannel}', '') AS j
         """;
 
     /// <summary>Unfinished jobs include failed and cancelled ones not yet cleaned up by their coordinator.</summary>
@@ -154,7 +158,7 @@ internal static class PostgresSql
             INSERT INTO mergecluster.task_deps (task_id, depends_on)
             SELECT t.id, d.id FROM unnest(@dep_tasks::text[], @dep_on::text[]) AS x(task, dep)
             JOIN inserted t ON t.name = x.task JOIN inserted d ON d.name = x.dep)
-        SELECT count(*) FROM job, LATERAL pg_notify('{Channel}', '') AS n
+        SELECT count(*) FROM job, LATERAL pg_notify('{WorkChannel}', '') AS n
         """;
 
     /// <summary>A job already failed by a task or cancelled keeps that state and its first error.</summary>
@@ -165,7 +169,7 @@ internal static class PostgresSql
                 error = COALESCE(error, @error), finished_at = now(), coordinator = NULL, coordinator_lease_until = NULL
             WHERE id = @id AND finished_at IS NULL
             RETURNING id)
-        {NotifyChanged}
+        SELECT count(*) FROM changed, LATERAL pg_notify('{WorkChannel}', '') AS w, LATERAL pg_notify('{JobsChannel}', '') AS j
         """;
 
     // ---- tasks ----
@@ -174,7 +178,7 @@ internal static class PostgresSql
     /// First statement of a claim: a task whose last allowed attempt lost its lease can never be claimed again, so it
     /// fails its job here rather than leaving the job running forever. Cheap: the partial index holds leased tasks only.
     /// </summary>
-    public const string FailExhaustedLeases = """
+    public const string FailExhaustedLeases = $"""
         WITH exhausted AS (
             UPDATE mergecluster.tasks
             SET state = 'failed', lease_until = NULL, finished_at = now(), error = format(@expired_template, name, attempts)
@@ -182,8 +186,9 @@ internal static class PostgresSql
             RETURNING job_id, error),
         failed_jobs AS (
             UPDATE mergecluster.jobs j SET state = 'failed', error = e.error
-            FROM exhausted e WHERE j.id = e.job_id AND j.state IN ('queued', 'running'))
-        SELECT count(*) FROM exhausted
+            FROM exhausted e WHERE j.id = e.job_id AND j.state IN ('queued', 'running')
+            RETURNING j.id)
+        SELECT (SELECT count(*) FROM exhausted), (SELECT count(*) FROM failed_jobs, LATERAL pg_notify('{JobsChannel}', '') AS n)
         """;
 
     /// <summary>
@@ -217,16 +222,23 @@ internal static class PostgresSql
         WHERE {Held} AND j.id = t.job_id AND j.state = 'running'
         """;
 
+    /// <summary>
+    /// The job's last task tells its coordinator at once. "Last" cannot be read from the statement's snapshot: two
+    /// tasks completing together each see the other still leased. So every completion that leaves no task unclaimed
+    /// notifies: the last few tasks of a job (about one per worker) wake the coordinator, and the very last always does.
+    /// </summary>
     public const string CompleteTask = $"""
         WITH changed AS (
             UPDATE mergecluster.tasks t SET state = 'done', lease_until = NULL, finished_at = now()
             WHERE {Held}
-            RETURNING t.id),
+            RETURNING t.id, t.job_id),
         unblocked AS (
             UPDATE mergecluster.tasks t SET remaining_deps = t.remaining_deps - 1
             FROM mergecluster.task_deps d JOIN changed ON d.depends_on = changed.id
             WHERE t.id = d.task_id)
-        {NotifyChanged}
+        SELECT count(*) FROM changed, LATERAL pg_notify('{WorkChannel}', '') AS w,
+            LATERAL (SELECT CASE WHEN NOT EXISTS (SELECT FROM mergecluster.tasks o WHERE o.job_id = changed.job_id AND o.state = 'pending')
+                THEN pg_notify('{JobsChannel}', '') END) AS j
         """;
 
     public const string FailTask = $"""
@@ -238,8 +250,10 @@ internal static class PostgresSql
             RETURNING t.job_id, t.state),
         failed_job AS (
             UPDATE mergecluster.jobs j SET state = 'failed', error = @job_error
-            FROM changed c WHERE c.state = 'failed' AND j.id = c.job_id AND j.state IN ('queued', 'running'))
-        {NotifyChanged}
+            FROM changed c WHERE c.state = 'failed' AND j.id = c.job_id AND j.state IN ('queued', 'running')
+            RETURNING j.id)
+        SELECT count(*) FROM changed, LATERAL pg_notify('{WorkChannel}', '') AS w
+            LEFT JOIN LATERAL (SELECT pg_notify('{JobsChannel}', '') FROM failed_job) AS j ON true
         """;
 
     public const string ReleaseTask = $"""

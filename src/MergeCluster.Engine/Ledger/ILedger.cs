@@ -64,6 +64,12 @@ public interface ILedger : IAsyncDisposable
 
     /// <summary>Waits until work may be available (LISTEN/NOTIFY where the store has it) or the timeout passes.</summary>
     Task WaitForWorkAsync(TimeSpan timeout, CancellationToken ct);
+    /// <summary>
+    /// Waits until some job may need its coordinator or follower (submitted, cancelled, failed by a task, its last
+    /// task done, or ended) or the timeout passes. Separate from <see cref="WaitForWorkAsync"/>, which wakes on every
+    /// task completion: a coordinator polling on each would cost a round trip per task per silo.
+    /// </summary>
+    Task WaitForJobChangeAsync(TimeSpan timeout, CancellationToken ct);
 }
 
 /// <summary>A member of the cluster as the membership table records it.</summary>

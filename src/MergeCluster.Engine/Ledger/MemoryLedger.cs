@@ -13,6 +13,8 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
         public JobRecord Record = record;
         public readonly List<Work> Tasks = [];
         public bool Planned;
+        /// <summary>Tasks not yet done: the completion that brings it to zero wakes the coordinator.</summary>
+        public int Open;
     }
 
     private sealed class Work(long id, long jobId, TaskSpec spec, int remainingDeps)
@@ -39,6 +41,7 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
     private readonly Dictionary<long, Work> _tasks = [];
     private long _nextJob, _nextTask;
     private readonly WorkSignal _work = new();
+    private readonly WorkSignal _jobChange = new();
 
     private DateTimeOffset Now => _time.GetUtcNow();
 
@@ -85,7 +88,7 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
             _jobs[id] = new Job(new JobRecord(id, JobState.Queued, job.RecipeText, job.RecipeDirectory, job.Options,
                 null, null, job.TraceParent, Now, null, null));
         }
-        Signal();
+        _jobChange.Pulse();
         return Task.FromResult(id);
     }
 
@@ -107,7 +110,11 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
             cancelled = _jobs.TryGetValue(jobId, out var job) && IsActive(job.Record.State);
             if (cancelled) job!.Record = job.Record with { State = JobState.Cancelled, Error = job.Record.Error ?? "cancelled" };
         }
-        if (cancelled) Signal();
+        if (cancelled)
+        {
+            _work.Pulse();
+            _jobChange.Pulse();
+        }
         return Task.FromResult(cancelled);
     }
 
@@ -152,9 +159,10 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
                 foreach (var dep in work.Spec.DependsOn.Distinct(StringComparer.Ordinal)) byName[dep].Dependents.Add(work);
             }
             job.Planned = true;
+            job.Open = job.Tasks.Count;
             job.Record = job.Record with { State = JobState.Running };
         }
-        Signal();
+        _work.Pulse();
         return Task.CompletedTask;
     }
 
@@ -175,7 +183,8 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
                 };
             }
         }
-        Signal();
+        _work.Pulse();
+        _jobChange.Pulse();
         return Task.CompletedTask;
     }
 
@@ -186,7 +195,7 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
         lock (_lock)
         {
             var now = Now;
-            FailExhaustedLeases(now);
+            if (FailExhaustedLeases(now)) _jobChange.Pulse();
             Work? best = null;
             int bestRank = int.MaxValue;
             foreach (var job in _jobs.Values)
@@ -217,9 +226,13 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
         }
     }
 
-    /// <summary>A task whose last attempt's lease expired can never be claimed again: it fails its job instead of hanging it.</summary>
-    private void FailExhaustedLeases(DateTimeOffset now)
+    /// <summary>
+    /// A task whose last attempt's lease expired can never be claimed again: it fails its job instead of hanging it.
+    /// True when a job failed.
+    /// </summary>
+    private bool FailExhaustedLeases(DateTimeOffset now)
     {
+        bool failed = false;
         foreach (var t in _tasks.Values)
         {
             if (t.State != TaskState.Leased || t.LeaseUntil > now || t.Attempts < maxAttempts) continue;
@@ -228,13 +241,17 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
             t.FinishedAt = now;
             t.Error = TaskGraph.LeaseExpiredError(t.Spec.Name, t.Attempts);
             MergeTelemetry.LeaseExpiries.Add(1);
-            FailJob(_jobs[t.JobId], t.Error);
+            failed |= FailJob(_jobs[t.JobId], t.Error);
         }
+        return failed;
     }
 
-    private static void FailJob(Job job, string error)
+    /// <summary>True when the job was still active and is now failed.</summary>
+    private static bool FailJob(Job job, string error)
     {
-        if (IsActive(job.Record.State)) job.Record = job.Record with { State = JobState.Failed, Error = error };
+        if (!IsActive(job.Record.State)) return false;
+        job.Record = job.Record with { State = JobState.Failed, Error = error };
+        return true;
     }
 
     private static bool IsActive(JobState state) => state is JobState.Queued or JobState.Running;
@@ -255,6 +272,7 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
 
     public Task<bool> CompleteTaskAsync(TaskLease lease, CancellationToken ct)
     {
+        bool last;
         lock (_lock)
         {
             if (Held(lease) is not { } t) return Task.FromResult(false);
@@ -262,13 +280,16 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
             t.LeaseUntil = null;
             t.FinishedAt = Now;
             foreach (var d in t.Dependents) d.RemainingDeps--;
+            last = --_jobs[t.JobId].Open == 0;
         }
-        Signal();
+        _work.Pulse();
+        if (last) _jobChange.Pulse();
         return Task.FromResult(true);
     }
 
     public Task<bool> FailTaskAsync(TaskLease lease, string error, bool permanent, CancellationToken ct)
     {
+        bool jobFailed = false;
         lock (_lock)
         {
             if (Held(lease) is not { } t) return Task.FromResult(false);
@@ -277,9 +298,10 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
             t.LeaseUntil = null;
             t.FinishedAt = Now;
             t.Error = error;
-            if (final) FailJob(_jobs[t.JobId], TaskGraph.JobError(t.Spec.Name, t.Attempts, error, permanent));
+            if (final) jobFailed = FailJob(_jobs[t.JobId], TaskGraph.JobError(t.Spec.Name, t.Attempts, error, permanent));
         }
-        Signal();
+        _work.Pulse();
+        if (jobFailed) _jobChange.Pulse();
         return Task.FromResult(true);
     }
 
@@ -292,7 +314,7 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
             t.Attempts--;
             t.LeaseUntil = null;
         }
-        Signal();
+        _work.Pulse();
         return Task.FromResult(true);
     }
 
@@ -317,7 +339,7 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
 
     public Task WaitForWorkAsync(TimeSpan timeout, CancellationToken ct) => _work.WaitAsync(timeout, _time, ct);
 
-    private void Signal() => _work.Pulse();
+    public Task WaitForJobChangeAsync(TimeSpan timeout, CancellationToken ct) => _jobChange.WaitAsync(timeout, _time, ct);
 
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
 }

@@ -29,9 +29,9 @@ public sealed class Coordinator(ILedger ledger, IJobEngine engine, string silo, 
                     running.Add(CoordinateAsync(job, drain, abort));
                     continue;
                 }
-                // A timer, not WaitForWork: that wakes on every task completion, and a poll per completion per silo
-                // would cost the ledger a round trip per task per silo just to look for new jobs.
-                await Task.Delay(options.ProgressInterval, stopping.Token);
+                // A submit wakes this at once; the poll finds what no notification announces: a dead coordinator's
+                // lease running out.
+                await ledger.WaitForJobChangeAsync(options.PollInterval, stopping.Token);
             }
             catch (Exception e)
             {
@@ -96,7 +96,8 @@ public sealed class Coordinator(ILedger ledger, IJobEngine engine, string silo, 
                 await AssembleAsync(current, work);
                 return;
             }
-            await Task.Delay(options.ProgressInterval, waiting);
+            // The last task's completion, a failure or a cancel wakes this; the poll covers a missed notification.
+            await ledger.WaitForJobChangeAsync(options.PollInterval, waiting);
         }
     }
 
@@ -158,7 +159,7 @@ public sealed class Coordinator(ILedger ledger, IJobEngine engine, string silo, 
         var deadline = DateTimeOffset.UtcNow + options.TaskLease;
         while ((await ledger.CountTasksAsync(job.Id, ct)).Leased > 0 && DateTimeOffset.UtcNow < deadline)
         {
-            await Task.Delay(options.ProgressInterval, ct);
+            await ledger.WaitForWorkAsync(options.ProgressInterval, ct);
         }
         try
         {

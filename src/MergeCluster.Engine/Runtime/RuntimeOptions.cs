@@ -10,11 +10,14 @@ public sealed record RuntimeOptions
     /// <summary>Leases are renewed three times per lease period, so one slow round trip does not lose them.</summary>
     public TimeSpan RenewEvery => TaskLease / 3;
     public TimeSpan CoordinatorRenewEvery => CoordinatorLease / 3;
-    /// <summary>The longest an idle worker sleeps before claiming again when no notification arrives.</summary>
+    /// <summary>
+    /// The longest an idle worker, or a coordinator waiting for jobs or for its job's end, sleeps when no notification
+    /// arrives: notifications are the fast path, this poll the fallback.
+    /// </summary>
     public TimeSpan PollInterval { get; init; } = TimeSpan.FromSeconds(1);
     /// <summary>
-    /// How often a coordinator looks for new jobs and at its job's progress: one cheap query each time, short enough
-    /// that a job neither waits long to start nor to be assembled once its last task is done.
+    /// How often a follower of a job (the embedded run, a coordinator ending a job) looks at its tasks when no
+    /// notification arrives.
     /// </summary>
     public TimeSpan ProgressInterval { get; init; } = TimeSpan.FromMilliseconds(250);
     public TimeSpan HeartbeatEvery { get; init; } = TimeSpan.FromSeconds(10);
