@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using MergeCluster.Engine.Execution;
-using MergeCluster.Engine.Planning;
+using MergeCluster.Planning;
 using MergeCluster.Merge;
 using MergeCluster.Merge.Architecture;
 using MergeCluster.Merge.Recipes;

@@ -1,5 +1,5 @@
 using System.Collections.Concurrent;
-using MergeCluster.Engine.Planning;
+using MergeCluster.Planning;
 using MergeCluster.Safetensors;
 
 namespace MergeCluster.Engine.Execution;

@@ -1,5 +1,5 @@
 using MergeCluster.Engine.Ledger;
-using MergeCluster.Engine.Planning;
+using MergeCluster.Planning;
 using MergeCluster.Engine.Runtime;
 using MergeCluster.Merge;
 using MergeCluster.Merge.Recipes;

@@ -3,7 +3,7 @@ using System.Diagnostics;
 using MergeCluster.Engine.Telemetry;
 using System.Text.Json;
 using MergeCluster.Engine.Ledger;
-using MergeCluster.Engine.Planning;
+using MergeCluster.Planning;
 using MergeCluster.Engine.Runtime;
 using MergeCluster.Merge;
 using MergeCluster.Merge.Recipes;

@@ -1,5 +1,5 @@
 using System.Runtime.InteropServices;
-using MergeCluster.Engine.Planning;
+using MergeCluster.Planning;
 using MergeCluster.Merge.Numerics;
 using MergeCluster.Safetensors;
 

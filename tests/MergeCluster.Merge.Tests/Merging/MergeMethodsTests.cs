@@ -1,6 +1,6 @@
 using MergeCluster.Merge.Tests.Support;
 using MergeCluster.Engine.Execution;
-using MergeCluster.Engine.Planning;
+using MergeCluster.Planning;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Safetensors;
 

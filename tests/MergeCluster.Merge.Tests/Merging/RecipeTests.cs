@@ -1,5 +1,5 @@
 using MergeCluster.Merge.Tests.Support;
-using MergeCluster.Engine.Planning;
+using MergeCluster.Planning;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Safetensors;
 

@@ -56,7 +56,7 @@ public class TaskShapeTests
         using var dir = new TempDirectory();
         for (int i = 0; i < 2; i++) Checkpoints.Write(dir.File($"m{i}.safetensors"), i + 1, DType.F16);
         File.WriteAllText(dir.File("recipe.yaml"), "models:\n  m0: m0.safetensors\n  m1: m1.safetensors\ncomponents:\n  all: { method: mean, models: [m0, m1] }\noutput: out.safetensors\nreduce: { group: 1 }\n");
-        var plan = Engine.Planning.Planner.Create(Recipe.Load(dir.File("recipe.yaml")));
+        var plan = Planning.Planner.Create(Recipe.Load(dir.File("recipe.yaml")));
         Engine.Ledger.SiloRecord Silo(string name, params string[] models) =>
             new(name, "host", 1, DateTimeOffset.UtcNow, DateTimeOffset.UtcNow, models.Length == 0 ? null : string.Join('\n', models.Select(m => $"/data/{m}")));
 

@@ -1,6 +1,6 @@
 using System.Text.Json;
 
-namespace MergeCluster.Engine.Planning;
+namespace MergeCluster.Planning;
 
 /// <summary>The `__metadata__` fields a merged file carries so that it can be replayed and audited.</summary>
 public static class MergeMetadata

@@ -5,7 +5,7 @@ using MergeCluster.Merge.Numerics;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Safetensors;
 
-namespace MergeCluster.Engine.Planning;
+namespace MergeCluster.Planning;
 
 /// <summary>Knobs of planning that do not change the output's bits.</summary>
 public sealed record PlanOptions

@@ -1,6 +1,6 @@
 using MergeCluster.Merge.Numerics;
 
-namespace MergeCluster.Engine.Execution;
+namespace MergeCluster.Planning;
 
 /// <summary>
 /// The fixed pairwise tree over reduction groups: at each level node i adds node i+1, and a node with no partner

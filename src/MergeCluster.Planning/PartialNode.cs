@@ -1,6 +1,4 @@
-using MergeCluster.Engine.Planning;
-
-namespace MergeCluster.Engine.Execution;
+namespace MergeCluster.Planning;
 
 /// <summary>
 /// A node of a shard's reduction tree: leaves are groups (level 0); node (l, i) covers groups [i·2^l, (i+1)·2^l).

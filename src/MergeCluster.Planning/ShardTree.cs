@@ -1,6 +1,4 @@
-using MergeCluster.Engine.Planning;
-
-namespace MergeCluster.Engine.Execution;
+namespace MergeCluster.Planning;
 
 /// <summary>
 /// The reduction tree of one shard as the cluster runs it. A node with one non-empty child is that child

@@ -3,7 +3,7 @@ using MergeCluster.Merge.Architecture;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Safetensors;
 
-namespace MergeCluster.Engine.Planning;
+namespace MergeCluster.Planning;
 
 /// <summary>An input checkpoint as the plan sees it: its validated header, never its data.</summary>
 public sealed record MergeInput(int Index, string Name, string Path, SafetensorsHeader Header, long Length);
