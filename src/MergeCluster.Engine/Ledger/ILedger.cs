@@ -1,9 +1,9 @@
 namespace MergeCluster.Engine.Ledger;
 
 /// <summary>
-/// The durable record of a cluster: membership, jobs, tasks and their leases.
-/// PostgreSQL in a cluster, memory (or SQLite) in the embedded default; the coordinator and the silos
-/// speak only to this seam, so one engine runs in both.
+/// The durable record of a cluster: membership, jobs, tasks and their leases. PostgreSQL in a cluster; memory in the
+/// embedded default, where a job lives and dies with its process. The coordinator and the silos speak only to this
+/// seam, so one engine runs in both.
 /// </summary>
 public interface ILedger : IAsyncDisposable
 {
