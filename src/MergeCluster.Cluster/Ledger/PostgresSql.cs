@@ -76,6 +76,10 @@ internal static class PostgresSql
     /// <summary>Appended to a data-modifying CTE named <c>changed</c>: notifies when it changed a row and returns how many it changed.</summary>
     private const string NotifyChanged = $"SELECT count(*) FROM changed, LATERAL pg_notify('{WorkChannel}', '') AS n";
 
+    /// <summary>As <see cref="NotifyChanged"/>, on both channels: for a job's cancel or end, which workers and coordinators both act on.</summary>
+    private const string NotifyChangedToAll =
+        $"SELECT count(*) FROM changed, LATERAL pg_notify('{WorkChannel}', '') AS w, LATERAL pg_notify('{JobsChannel}', '') AS j";
+
     // ---- membership ----
 
     public const string RegisterSilo = """
@@ -120,7 +124,7 @@ internal static class PostgresSql
             UPDATE mergecluster.jobs SET state = 'cancelled', error = COALESCE(error, 'cancelled')
             WHERE id = @id AND state IN ('queued', 'running')
             RETURNING id)
-        SELECT count(*) FROM changed, LATERAL pg_notify('{WorkChannel}', '') AS w, LATERAL pg_notify('{JobsChannel}', '') AS j
+        {NotifyChangedToAll}
         """;
 
     /// <summary>Unfinished jobs include failed and cancelled ones not yet cleaned up by their coordinator.</summary>
@@ -169,7 +173,7 @@ internal static class PostgresSql
                 error = COALESCE(error, @error), finished_at = now(), coordinator = NULL, coordinator_lease_until = NULL
             WHERE id = @id AND finished_at IS NULL
             RETURNING id)
-        SELECT count(*) FROM changed, LATERAL pg_notify('{WorkChannel}', '') AS w, LATERAL pg_notify('{JobsChannel}', '') AS j
+        {NotifyChangedToAll}
         """;
 
     // ---- tasks ----
@@ -188,6 +192,7 @@ internal static class PostgresSql
             UPDATE mergecluster.jobs j SET state = 'failed', error = e.error
             FROM exhausted e WHERE j.id = e.job_id AND j.state IN ('queued', 'running')
             RETURNING j.id)
+        -- The second column is never read: it is there so the failed jobs' notification is sent.
         SELECT (SELECT count(*) FROM exhausted), (SELECT count(*) FROM failed_jobs, LATERAL pg_notify('{JobsChannel}', '') AS n)
         """;
 
