@@ -10,6 +10,10 @@ namespace MergeCluster.Cluster.Tests;
 public sealed class RuntimeTests : IDisposable
 {
     private static readonly RuntimeOptions Fast = RuntimeOptions.ForLease(TimeSpan.FromSeconds(1), drainGrace: TimeSpan.Zero);
+
+    // A cancel reaches a running attempt at its next renewal (a third of a lease) while cleanup waits at most a whole
+    // lease for it; on a loaded 2-core CI host a 1 s lease leaves too little slack between the two.
+    private static readonly RuntimeOptions Slack = RuntimeOptions.ForLease(TimeSpan.FromSeconds(4), drainGrace: TimeSpan.Zero);
     private readonly TempDirectory _root = new();
     private readonly ConcurrentQueue<string> _log = new();
 
@@ -21,9 +25,9 @@ public sealed class RuntimeTests : IDisposable
     public static byte[] Expected(int leaves, int leafBytes) =>
         Enumerable.Range(0, leaves).SelectMany(i => FileTestEngine.LeafBytes(i, leafBytes)).ToArray();
 
-    private Silo NewSilo(ILedger ledger, string name, int threads = 2) =>
+    private Silo NewSilo(ILedger ledger, string name, int threads = 2, RuntimeOptions? options = null) =>
         new(ledger, new FileTestEngine(Roots), new SiloRecord(name, "test", Environment.ProcessId, DateTimeOffset.UtcNow, DateTimeOffset.UtcNow),
-            threads, Fast, line => _log.Enqueue($"[{name}] {line}"));
+            threads, options ?? Fast, line => _log.Enqueue($"[{name}] {line}"));
 
     private static async Task<JobRecord> FinishedAsync(ILedger ledger, long id)
     {
@@ -35,11 +39,12 @@ public sealed class RuntimeTests : IDisposable
     private string Log => string.Join('\n', _log);
 
     /// <summary>Runs one job on a fresh memory ledger with one silo, s1; <paramref name="during"/> acts while it runs.</summary>
-    private async Task<(MemoryLedger Ledger, JobRecord Job)> RunJobAsync(string recipe, Func<MemoryLedger, long, Task>? during = null)
+    private async Task<(MemoryLedger Ledger, JobRecord Job)> RunJobAsync(string recipe, Func<MemoryLedger, long, Task>? during = null,
+        RuntimeOptions? options = null)
     {
         var ledger = new MemoryLedger();
         using var drain = new CancellationTokenSource();
-        var silo = NewSilo(ledger, "s1").RunAsync(drain.Token);
+        var silo = NewSilo(ledger, "s1", options: options).RunAsync(drain.Token);
         long id = await ledger.SubmitJobAsync(new JobSubmission(recipe, _root.Path, "", null), default);
         if (during is not null) await during(ledger, id);
         var job = await FinishedAsync(ledger, id);
@@ -104,7 +109,7 @@ public sealed class RuntimeTests : IDisposable
             await Poll.UntilAsync(async () => (await ledger.ListTasksAsync(id, default)).Any(t => t is { Name: "leaf1", State: TaskState.Leased }), "leaf1 runs");
             Assert.True(Directory.Exists(_root.File($".mergecluster-job{id}")));
             Assert.True(await ledger.CancelJobAsync(id, default));
-        });
+        }, Slack);
         long id = job.Id;
 
         // The worker noticed at its next renewal and gave the task back before the coordinator cleaned up.
