@@ -203,8 +203,9 @@ public sealed class PostgresLedger : ILedger
 
     public Task<TaskLease?> ClaimTaskAsync(string silo, TimeSpan lease, CancellationToken ct) => RunAsync(async token =>
     {
-        // Two statements, one round trip, one implicit transaction.
+        // Three statements, one round trip, one implicit transaction.
         await using var batch = _dataSource.CreateBatch();
+        batch.BatchCommands.Add(Command(PostgresSql.ClaimCommitsAsynchronously, _ => { }));
         batch.BatchCommands.Add(Command(PostgresSql.FailExhaustedLeases, p => p.AddWithValue("expired_template", TaskGraph.LeaseExpiredTemplate)));
         batch.BatchCommands.Add(Command(PostgresSql.ClaimTask, p =>
         {
@@ -212,6 +213,7 @@ public sealed class PostgresLedger : ILedger
             p.AddWithValue("lease", lease);
         }));
         await using var r = await batch.ExecuteReaderAsync(token);
+        await r.NextResultAsync(token);
         await r.ReadAsync(token);
         long exhausted = r.GetInt64(0);
         if (exhausted > 0) MergeTelemetry.LeaseExpiries.Add(exhausted);

@@ -233,9 +233,10 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         using var span = MergeTelemetry.Source.StartActivity("mergecluster.write.partial");
         span?.SetTag(MergeTelemetry.ShardTag, shard.Index);
         span?.SetTag("mergecluster.partial", node.Name(shard));
-        // An attempt writes its own file and commits it by rename, so a dead attempt's bytes never reach a reader.
+        // Every write has a file of its own, committed by rename: a dead attempt's bytes never reach a reader, and two
+        // runners of one attempt (a claim the ledger lost in a crash, then granted again) never write one file.
         string final = PartialPath(context, shard, node);
-        string temp = $"{final}.a{attempt}.{Environment.ProcessId}.tmp";
+        string temp = $"{final}.a{attempt}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
         try
         {
             using (var stream = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))

@@ -26,23 +26,30 @@ public sealed class PostgresServer : IAsyncDisposable
     /// <summary>The server shared by the test assembly, started on first use and stopped when the test host exits.</summary>
     public static Task<PostgresServer> Shared => SharedServer.Value;
 
+    // Tests need no durability across an OS crash, only across a server's: fsync off. Commits are asynchronous unless a
+    // test asks otherwise, since most tests only need a fast ledger.
+    private const string DefaultSettings = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400";
+
     private readonly string _bin;
+    private readonly string _settings;
     public string Directory { get; }
     public int Port { get; }
     private string DataDirectory => System.IO.Path.Join(Directory, "data");
 
-    private PostgresServer(string bin, string directory, int port)
+    private PostgresServer(string bin, string directory, int port, string settings)
     {
         _bin = bin;
         Directory = directory;
         Port = port;
+        _settings = settings;
     }
 
     /// <summary>A connection string to a database of this server, password included.</summary>
     public string ConnectionString(string database = "postgres") =>
         $"Host=127.0.0.1;Port={Port};Username=postgres;Password={Password};Database={database};Pooling=true";
 
-    public static async Task<PostgresServer> StartAsync()
+    /// <summary>A server of its own; <paramref name="settings"/> (<c>-c name=value ...</c>) override the defaults.</summary>
+    public static async Task<PostgresServer> StartAsync(string settings = "")
     {
         var bin = System.IO.Directory.Exists("/usr/lib/postgresql")
             ? System.IO.Directory.GetDirectories("/usr/lib/postgresql").Select(d => System.IO.Path.Join(d, "bin"))
@@ -61,9 +68,8 @@ public sealed class PostgresServer : IAsyncDisposable
 
         for (int tries = 0; ; tries++)
         {
-            var server = new PostgresServer(bin, directory, FreePort());
-            var started = await server.PgCtlAsync("start", "-o",
-                $"-p {server.Port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400");
+            var server = new PostgresServer(bin, directory, FreePort(), $"{DefaultSettings} {settings}");
+            var started = await server.StartServerAsync();
             if (started.ExitCode == 0) return server;
             // Another process may have taken the port between probing and binding.
             if (tries == 3) throw new InvalidOperationException($"pg_ctl start failed: {started.Output} {ReadLog(directory)}");
@@ -81,14 +87,19 @@ public sealed class PostgresServer : IAsyncDisposable
         return ConnectionString(name);
     }
 
-    /// <summary>Stops the server (fast shutdown: clients are disconnected), keeps it down for a moment, and starts it again.</summary>
-    public async Task RestartAsync(TimeSpan down)
+    /// <summary>
+    /// Stops the server, keeps it down for a moment, and starts it again. A fast shutdown disconnects clients and
+    /// flushes everything committed; a crash (immediate shutdown) loses the asynchronous commits not yet flushed.
+    /// </summary>
+    public async Task RestartAsync(TimeSpan down, bool crash = false)
     {
-        Check(await PgCtlAsync("stop", "-m", "fast"), "pg_ctl stop");
+        Check(await PgCtlAsync("stop", "-m", crash ? "immediate" : "fast"), "pg_ctl stop");
         await Task.Delay(down);
-        Check(await PgCtlAsync("start", "-o",
-            $"-p {Port} -k {Directory} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400"), "pg_ctl start");
+        Check(await StartServerAsync(), "pg_ctl start");
     }
+
+    private Task<ProcessRunner.Result> StartServerAsync() =>
+        PgCtlAsync("start", "-o", $"-p {Port} -k {Directory} -c listen_addresses=127.0.0.1 {_settings}");
 
     private Task<ProcessRunner.Result> PgCtlAsync(string action, params string[] args) =>
         ProcessRunner.RunAsPostgresAsync(System.IO.Path.Join(_bin, "pg_ctl"), ["-D", DataDirectory, "-l", System.IO.Path.Join(Directory, "log"), "-w", "-t", "60", action, .. args]);
