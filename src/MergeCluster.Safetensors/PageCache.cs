@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace MergeCluster.Safetensors;
 
-/// <summary>madvise hints for a file mapping; advice only, so failures and other platforms are ignored.</summary>
+/// <summary>madvise hints for a file mapping; advice only, so failures and other platforms are ignored, except a populate that would fault.</summary>
 public static unsafe partial class PageCache
 {
     public const int Random = 1;      // MADV_RANDOM
@@ -13,7 +13,9 @@ public static unsafe partial class PageCache
     /// <summary>MADV_POPULATE_READ (Linux 5.14): maps the range's cached pages in one call instead of one fault per 64 KiB.</summary>
     public const int PopulateRead = 22;
 
-    [LibraryImport("libc", EntryPoint = "madvise")]
+    private const int EFault = 14;
+
+    [LibraryImport("libc", EntryPoint = "madvise", SetLastError = true)]
     private static partial int MAdvise(void* address, nuint length, int advice);
 
     /// <summary>
@@ -21,14 +23,24 @@ public static unsafe partial class PageCache
     /// pages). Neighbouring bytes share those pages, which is harmless for read-only file mappings: a page dropped early
     /// is simply mapped again on its next touch.
     /// </summary>
-    public static void Advise(byte* mapping, long offset, long length, int advice)
+    public static void Advise(byte* mapping, long offset, long length, int advice) => AdviseRange(mapping, offset, length, advice);
+
+    public static void Advise(byte* mapping, long length, int advice) => AdviseRange(mapping, 0, length, advice);
+
+    /// <summary>
+    /// Maps the bytes [0, length) of a file mapping with <see cref="PopulateRead"/>. False only when the kernel says
+    /// touching them would raise SIGBUS, which no managed code can catch: the file was truncated under the mapping.
+    /// Kernels without the advice fault the pages in on first touch instead.
+    /// </summary>
+    public static bool Populate(byte* mapping, long length) =>
+        AdviseRange(mapping, 0, length, PopulateRead) == 0 || Marshal.GetLastPInvokeError() != EFault;
+
+    private static int AdviseRange(byte* mapping, long offset, long length, int advice)
     {
-        if (mapping == null || length <= 0 || !OperatingSystem.IsLinux()) return;
+        if (mapping == null || length <= 0 || !OperatingSystem.IsLinux()) return 0;
         nint page = Environment.SystemPageSize;
         nint first = (nint)(mapping + offset);
         nint start = first & ~(page - 1);
-        MAdvise((void*)start, (nuint)(first - start + length), advice);
+        return MAdvise((void*)start, (nuint)(first - start + length), advice);
     }
-
-    public static void Advise(byte* mapping, long length, int advice) => Advise(mapping, 0, length, advice);
 }

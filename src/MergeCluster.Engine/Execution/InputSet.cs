@@ -10,9 +10,12 @@ namespace MergeCluster.Engine.Execution;
 /// done, so resident memory stays bounded by the windows in use, whatever the number and size of the inputs.
 /// </summary>
 /// <remarks>
-/// A mapped file that is truncated while the merge runs raises SIGBUS, where a read would have returned an error; the
-/// length is checked when the set is opened, and replacing a file by rename (as every tool that writes checkpoints
-/// does) leaves the mapped inode intact.
+/// Touching a mapped page past the end of a file truncated while the merge runs raises SIGBUS, which no managed code
+/// can catch: the process dies (existing outputs stay untouched). The length is checked when the set is opened, and
+/// each window is populated before it is read, which turns a truncation that happened before a window was mapped into
+/// an error naming the file and key. A truncation into the window being read still kills the process, and that is
+/// the usual case of copying a new file over an input in place (the copy truncates to zero first). Replacing a file by
+/// rename, as tools that write checkpoints do, leaves the mapped inode intact.
 /// </remarks>
 public sealed unsafe class InputSet : IDisposable
 {
@@ -58,7 +61,12 @@ public sealed unsafe class InputSet : IDisposable
     public ReadOnlySpan<byte> Window(TermSource source, long byteOffset, int length)
     {
         byte* p = Address(source, byteOffset, length);
-        PageCache.Advise(p, length, PageCache.PopulateRead);
+        if (!PageCache.Populate(p, length))
+        {
+            var input = _plan.Inputs[source.Input];
+            throw new SafetensorsException(SafetensorsError.Io, input.Path, source.Tensor.Key,
+                $"the file shrank while it was being read (planned at {input.Length} bytes, now {CurrentLength(input.Path)})");
+        }
         return new ReadOnlySpan<byte>(p, length);
     }
 
@@ -78,6 +86,12 @@ public sealed unsafe class InputSet : IDisposable
     }
 
     private const long LargestFolioBytes = 2 << 20;
+
+    private static string CurrentLength(string path)
+    {
+        try { return new FileInfo(path).Length.ToString(System.Globalization.CultureInfo.InvariantCulture); }
+        catch (IOException) { return "unreadable"; }
+    }
 
     private byte* Address(TermSource source, long byteOffset, int length)
     {
