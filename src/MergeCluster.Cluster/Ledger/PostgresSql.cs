@@ -183,8 +183,9 @@ internal static class PostgresSql
     /// path (a completion overlaps the next task's work), and under a merge's write load on a shared disk each flush
     /// waits tens of milliseconds. Losing an unflushed claim in a server crash is harmless: the task only runs again
     /// under the same attempt number, as after any lost lease, and runners of one attempt write identical bytes through
-    /// files of their own. Completions, failures and everything else stay synchronous, and the first of them to commit
-    /// after a claim flushes it too (the WAL is one sequence): a "done" is durable before its scratch is deleted.
+    /// files of their own; a job the claim failed for an exhausted lease is failed again by the next claim. Completions,
+    /// failures and everything else stay synchronous, and the first of them to commit after a claim flushes it too (the
+    /// WAL is one sequence): a "done" is durable before its scratch is deleted.
     /// </summary>
     public const string ClaimCommitsAsynchronously = "SELECT set_config('synchronous_commit', 'off', true)";
 
