@@ -53,6 +53,23 @@ public class HelmChartTests
             Assert.True(expected == fromChart[key], $"{key} differs between {kustomize.Source} and {chart.Source}:\n--- kustomize\n{expected}\n--- helm\n{fromChart[key]}");
     }
 
+    // values.schema.json: a misspelt or out-of-range value fails the install instead of being ignored.
+    [Theory]
+    [InlineData("replica=3", "replica")]
+    [InlineData("podAntiAffinity=medium", "podAntiAffinity")]
+    [InlineData("autoscaling.minReplicas=0", "minReplicas")]
+    [InlineData("silo.httpPort=70000", "httpPort")]
+    public void ChartRefusesValuesOutsideItsSchema(string setting, string named)
+    {
+        foreach (int helm in new[] { 3, 4 })
+        {
+            var result = Tool.Run(Tool.Helm(helm), ["template", "mergecluster", Tool.RepoPath("helm/mergecluster"), "--set", setting],
+                environment: Manifest.HelmEnvironment());
+            Assert.NotEqual(0, result.ExitCode);
+            Assert.Contains(named, result.Stderr);
+        }
+    }
+
     [Fact]
     public void ChartRefusesAStorageStringWithAzurite()
     {

@@ -23,6 +23,20 @@ public class RenderTests
         Assert.Single(manifest.OfKind("ConfigMap"));
     }
 
+    [Fact]
+    public void LoaderPodMountsTheSharedVolume()
+    {
+        var manifest = Manifest.Kustomize("deploy/loader");
+        var pod = manifest.Get("Pod", "mergecluster-loader");
+        Assert.Equal("mergecluster", (string?)pod["metadata"]!["namespace"]);
+        var claim = pod["spec"]!["volumes"]!.AsArray().Select(v => (string?)v!["persistentVolumeClaim"]?["claimName"]).Single(c => c is not null);
+        Assert.Equal("mergecluster-data", claim);
+        // It writes as the silos' user, so the silos can read and replace what it puts there.
+        var silo = Installs.SiloDeployment(Installs.Get("deploy"))["spec"]!["template"]!["spec"]!["securityContext"]!;
+        Assert.Equal((int?)silo["runAsUser"], (int?)pod["spec"]!["securityContext"]!["runAsUser"]);
+        Assert.Equal((int?)silo["fsGroup"], (int?)pod["spec"]!["securityContext"]!["fsGroup"]);
+    }
+
     // The validator itself: each way a manifest can be wrong is caught, so the tests above can fail.
     [Theory]
     [InlineData("readinessProbe:", "readinesProbe:", "readinesProbe")]                     // an unknown field (strict loading)

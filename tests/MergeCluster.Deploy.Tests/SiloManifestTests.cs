@@ -91,10 +91,14 @@ public class SiloManifestTests
         foreach (var (owner, spec, _) in Installs.Get(install).PodTemplates()) RestrictedPod(Manifest.Describe(owner), spec);
     }
 
-    [Fact]
-    public void SubmitJobMeetsTheRestrictedPodSecurityStandard()
+    [Theory]
+    [InlineData("deploy/submit")]
+    [InlineData("deploy/loader")]
+    public void ToolPodsMeetTheRestrictedPodSecurityStandard(string install)
     {
-        foreach (var (owner, spec, _) in Manifest.Kustomize("deploy/submit").PodTemplates()) RestrictedPod(Manifest.Describe(owner), spec);
+        var pods = Manifest.Kustomize(install).PodTemplates().ToList();
+        Assert.NotEmpty(pods);
+        foreach (var (owner, spec, _) in pods) RestrictedPod(Manifest.Describe(owner), spec);
     }
 
     [Theory]

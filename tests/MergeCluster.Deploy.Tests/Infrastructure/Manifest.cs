@@ -95,10 +95,11 @@ internal sealed class Manifest
     public JsonObject Get(string kind, string name) =>
         Find(kind, name) ?? throw new Xunit.Sdk.XunitException($"{Source}: no {kind}/{name} among {string.Join(", ", Objects.Select(Describe))}");
 
-    /// <summary>Every pod template: of Deployments, StatefulSets, DaemonSets and Jobs.</summary>
+    /// <summary>Every pod the install makes: bare Pods and the templates of Deployments, StatefulSets, DaemonSets and Jobs.</summary>
     public IEnumerable<(JsonObject Owner, JsonObject PodSpec, JsonObject PodMetadata)> PodTemplates() =>
         Objects.Where(o => o["spec"]?["template"]?["spec"] is JsonObject)
-            .Select(o => (o, o["spec"]!["template"]!["spec"]!.AsObject(), o["spec"]!["template"]!["metadata"]?.AsObject() ?? new JsonObject()));
+            .Select(o => (o, o["spec"]!["template"]!["spec"]!.AsObject(), o["spec"]!["template"]!["metadata"]?.AsObject() ?? new JsonObject()))
+            .Concat(OfKind("Pod").Select(p => (p, p["spec"]!.AsObject(), p["metadata"]!.AsObject())));
 
     /// <summary>Each object as canonical JSON (keys sorted), for comparing two renderings.</summary>
     public static string Canonical(JsonNode? node)
