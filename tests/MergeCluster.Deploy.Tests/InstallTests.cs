@@ -44,9 +44,9 @@ public class InstallTests
         Assert.Equal("prometheus", (string?)trigger["type"]);
         Assert.Equal("AverageValue", (string?)trigger["metricType"]);
         string query = (string)trigger["metadata"]!["query"]!;
-        Assert.Contains(SiloContract.PendingTasksMetric, query);
-        Assert.Contains(SiloContract.RunningTasksMetric, query);
-        Assert.Contains("namespace=\"mergecluster\"", query);
+        // Each gauge summed with a 0 fallback: `a + b` is empty, and reads as "no work", when either has no series.
+        Assert.Contains($"(sum({SiloContract.PendingTasksMetric}{{namespace=\"mergecluster\"}}) or vector(0))", query);
+        Assert.Contains($"(sum({SiloContract.RunningTasksMetric}{{namespace=\"mergecluster\"}}) or vector(0))", query);
         Assert.True(double.Parse((string)trigger["metadata"]!["threshold"]!, CultureInfo.InvariantCulture) > 0);
         Assert.StartsWith("http", (string?)trigger["metadata"]!["serverAddress"]);
         // Scale-in waits and goes one silo at a time: each drains before the next.
