@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# The README's test command: installs what the tests need (PostgreSQL from Debian), then runs every test.
+# The README's test command: installs what the tests need (Azurite 3.35.0, the Azure Storage emulator, from npm),
+# then runs every test. The cluster tests start Azurite themselves (127.0.0.1, free ports, a temporary --location,
+# --disableTelemetry --skipApiVersionCheck).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  echo "test: installing PostgreSQL (apt-get)..."
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null || { echo "test: could not install PostgreSQL" >&2; exit 1; }
+azurite_version=3.35.0  # 3.37 needs node 22; this machine has node 20
+azurite=.build/azurite
+if [[ "$(cat "$azurite/.version" 2>/dev/null)" != "$azurite_version" || ! -x "$azurite/node_modules/.bin/azurite" ]]; then
+  if ! command -v npm >/dev/null; then
+    echo "test: installing node and npm (apt-get)..."
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null || { echo "test: could not install node and npm" >&2; exit 1; }
+  fi
+  echo "test: installing azurite $azurite_version (npm)..."
+  mkdir -p "$azurite"
+  (cd "$azurite" && npm install --no-audit --no-fund --loglevel=error "azurite@$azurite_version" >/dev/null) \
+    || { echo "test: could not install azurite $azurite_version from npm" >&2; exit 1; }
+  echo "$azurite_version" > "$azurite/.version"
 fi
+export MERGECLUSTER_AZURITE="$PWD/$azurite/node_modules/.bin/azurite"
 
 # The CLI is built once up front so tests that run ./mergecluster as a process do not race to build it.
 ./mergecluster --help >/dev/null || exit 1
