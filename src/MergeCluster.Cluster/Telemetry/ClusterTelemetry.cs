@@ -2,6 +2,7 @@ using System.Diagnostics.Metrics;
 using MergeCluster.Cluster.Grains;
 using MergeCluster.Cluster.Silo;
 using MergeCluster.Engine.Telemetry;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using OpenTelemetry;
@@ -59,6 +60,8 @@ public static class ClusterTelemetry
         bool traces = Set("OTEL_EXPORTER_OTLP_ENDPOINT") || Set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
         bool metrics = Set("OTEL_EXPORTER_OTLP_ENDPOINT") || Set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
         if (!traces && !metrics) return;
+        // The exporter reads OTEL_* through the host's configuration, which a host built without defaults lacks.
+        builder.Configuration.AddEnvironmentVariables();
         var otel = builder.Services.AddOpenTelemetry().ConfigureResource(r => r.AddService("mergecluster", serviceInstanceId: instance));
         if (traces) otel.WithTracing(t => t.AddSource(MergeTelemetry.Name).AddSource(OrleansSources).AddOtlpExporter());
         if (metrics) otel.WithMetrics(m => m.AddMeter(MergeTelemetry.Name, OrleansMeter).AddOtlpExporter());

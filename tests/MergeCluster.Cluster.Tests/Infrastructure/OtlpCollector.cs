@@ -39,20 +39,19 @@ public sealed class OtlpCollector : IAsyncDisposable
     {
         while (_listener.IsListening)
         {
-            HttpListenerContext context;
             try
             {
-                context = await _listener.GetContextAsync();
+                var context = await _listener.GetContextAsync();
+                using var body = new MemoryStream();
+                await context.Request.InputStream.CopyToAsync(body);
+                _received.Enqueue((context.Request.Url!.AbsolutePath, body.ToArray()));
+                context.Response.StatusCode = 200;
+                context.Response.Close();
             }
-            catch (Exception) when (!_listener.IsListening)
+            catch (Exception e) when (e is ObjectDisposedException or HttpListenerException or InvalidOperationException or IOException)
             {
-                return;
+                if (!_listener.IsListening) return;
             }
-            using var body = new MemoryStream();
-            await context.Request.InputStream.CopyToAsync(body);
-            _received.Enqueue((context.Request.Url!.AbsolutePath, body.ToArray()));
-            context.Response.StatusCode = 200;
-            context.Response.Close();
         }
     }
 
