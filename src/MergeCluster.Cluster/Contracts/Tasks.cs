@@ -26,7 +26,10 @@ public sealed record TaskStarted(
 [GenerateSerializer, Alias("mergecluster.TaskOutcome")]
 public enum TaskOutcome { Done, Failed, Released }
 
-/// <summary>How an attempt ended; Released (a draining silo, a cancel) costs no attempt.</summary>
+/// <summary>
+/// How an attempt ended; Released (a draining silo, a cancel) costs no attempt. <see cref="Redo"/>: the task whose
+/// partial sum this one found missing, to run again first (-1 for none).
+/// </summary>
 [GenerateSerializer, Immutable, Alias("mergecluster.TaskReport")]
 public sealed record TaskReport(
     [property: Id(0)] int Task,
@@ -36,7 +39,8 @@ public sealed record TaskReport(
     [property: Id(4)] bool Permanent,
     [property: Id(5)] string Silo,
     [property: Id(6)] long BytesRead,
-    [property: Id(7)] long BytesWritten);
+    [property: Id(7)] long BytesWritten,
+    [property: Id(8)] int Redo = -1);
 
 /// <summary>
 /// A shard grain owns one task of a job's key shard (keyed "job/task"): a fused shard, a leaf partial sum over one

@@ -504,10 +504,33 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
                 _record.Attempts[index]--;
                 if (_remaining[index] == 0) _ready.Add(index);
                 break;
+            case TaskOutcome.Failed when report.Redo >= 0 && report.Attempt == _record.Attempts[index] && _record.Phase == JobPhase.Running:
+                Redo(index, report.Redo, report.Error);
+                break;
             case TaskOutcome.Failed when report.Attempt == _record.Attempts[index] && _record.Phase == JobPhase.Running:
                 Retry(index, task.Name, report.Error ?? "failed", report.Permanent);
                 break;
         }
+    }
+
+    /// <summary>
+    /// A task found the partial sum of <paramref name="producer"/> missing: storage lost the record of a consumer that
+    /// was done (an emulator killed with unflushed writes) and the file went with it. The producer runs again, then the
+    /// task; neither is charged an attempt, and a producer whose own inputs are gone is found out the same way.
+    /// </summary>
+    private void Redo(int index, int producer, string? error)
+    {
+        LogRedo(_log, Id, _job!.Tasks[index].Name, _job.Tasks[producer].Name, error ?? "");
+        _record.Attempts[index]--;
+        _record.States[index] = (byte)TaskState.Pending;
+        if ((TaskState)_record.States[producer] == TaskState.Done)
+        {
+            _record.States[producer] = (byte)TaskState.Pending;
+            foreach (int d in _dependents[producer]) _remaining[d]++;
+            if (_remaining[producer] == 0) _ready.Add(producer);
+        }
+        if (_remaining[index] == 0) _ready.Add(index);
+        MarkDirty();
     }
 
     /// <summary>After a failed or lost attempt: the task is handed out again, or, when that cannot help, the job fails.</summary>
@@ -652,17 +675,21 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
                 }
                 catch (Orleans.Storage.InconsistentStateException e)
                 {
-                    // Another activation of this job wrote since we read: it is the job's owner now.
-                    LogSaveFailed(_log, Id, OneLine(e));
+                    // The stored record is not the one this activation last wrote: a write whose answer was lost in an
+                    // outage landed after all, or storage came back without its last writes. This activation, the
+                    // job's only one, holds the newest record: take the stored version's tag and write it again.
+                    LogConflict(_log, Id, OneLine(e));
                     _record.Writes--;
-                    DeactivateOnIdle();
-                    return;
+                    _releaseAfterSave.InsertRange(0, released);
+                    try { await _state.ReadStateAsync(); }
+                    catch (Exception read) { LogSaveFailed(_log, Id, OneLine(read)); await Task.Delay(backoff); }
+                    continue;
                 }
                 catch (Exception e)
                 {
                     _record.Writes--;
                     _releaseAfterSave.InsertRange(0, released);
-                    LogSaveFailed(_log, Id, OneLine(e));
+                    LogSaveFailed(_log, Id, Innermost(e));
                     await Task.Delay(backoff);
                     backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, TimeSpan.FromSeconds(10).Ticks));
                     continue;
@@ -687,6 +714,13 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
     }
 
     private static string OneLine(Exception e) => (e is AggregateException { InnerException: { } inner } ? inner : e).Message.ReplaceLineEndings(" ");
+
+    /// <summary>Storage errors arrive wrapped several times over, each wrapper quoting the rest: the innermost says what happened.</summary>
+    private static string Innermost(Exception e)
+    {
+        while (e.InnerException is not null) e = e.InnerException;
+        return e.Message.ReplaceLineEndings(" ");
+    }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "job {Job}: submitted ({Recipe})")]
     private static partial void LogSubmitted(ILogger logger, long job, string recipe);
@@ -723,6 +757,12 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "job {Job}: storage: {Error}")]
     private static partial void LogSaveFailed(ILogger logger, long job, string error);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "job {Job}: task {Task} runs again after {Producer}, whose partial sum is gone: {Error}")]
+    private static partial void LogRedo(ILogger logger, long job, string task, string producer, string error);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "job {Job}: the stored record changed under this activation; writing the current one over it: {Error}")]
+    private static partial void LogConflict(ILogger logger, long job, string error);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "job {Job}: {Error}")]
     private static partial void LogPumpFailed(ILogger logger, long job, string error);

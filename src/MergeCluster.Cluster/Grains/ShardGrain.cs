@@ -95,7 +95,14 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
                 {
                     var task = lease.Run.Job.Tasks[order.Task];
                     span?.SetTag(MergeTelemetry.KindTag, task.Kind).SetTag(MergeTelemetry.BytesTag, task.Bytes);
-                    return lease.Run.Run(task, order.Attempt, ct, durable: true);
+                    try
+                    {
+                        return lease.Run.Run(task, order.Attempt, ct, durable: true);
+                    }
+                    catch (PartialSumMissingException e)
+                    {
+                        throw new RedoException(e, lease.Run.Job.ProducerOf(e.Shard, e.Node).Index);
+                    }
                 }
             }, ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
             return new TaskReport(order.Task, order.Attempt, TaskOutcome.Done, null, false, silo.Name, bytes.Read, bytes.Written);
@@ -103,6 +110,10 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
         catch (Exception) when (ct.IsCancellationRequested)
         {
             return new TaskReport(order.Task, order.Attempt, TaskOutcome.Released, null, false, silo.Name, 0, 0);
+        }
+        catch (RedoException e)
+        {
+            return new TaskReport(order.Task, order.Attempt, TaskOutcome.Failed, OneLine(e.InnerException!), false, silo.Name, 0, 0, e.Task);
         }
         catch (JobOpenException e)
         {
@@ -171,3 +182,9 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
 
 /// <summary>Opening a job on this silo failed: retried, since the next attempt may run where the inputs are right.</summary>
 internal sealed class JobOpenException(Exception inner) : Exception(inner.Message, inner);
+
+/// <summary>A task found an input partial sum missing: its producer runs again, then this task.</summary>
+internal sealed class RedoException(Exception inner, int task) : Exception(inner.Message, inner)
+{
+    public int Task { get; } = task;
+}

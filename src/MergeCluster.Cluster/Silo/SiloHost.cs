@@ -6,6 +6,7 @@ using MergeCluster.Cluster.Telemetry;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
 using Microsoft.Extensions.Options;
 using Orleans.Configuration;
 using Orleans.Runtime.MembershipService.SiloMetadata;
@@ -110,13 +111,7 @@ public static class SiloHost
     public static void ConfigureLogging(ILoggingBuilder logging)
     {
         logging.ClearProviders();
-        logging.AddSimpleConsole(o =>
-        {
-            o.SingleLine = true;
-            o.TimestampFormat = "HH:mm:ss.fff ";
-            o.UseUtcTimestamp = true;
-            o.IncludeScopes = false;
-        });
+        logging.AddConsole(o => o.FormatterName = LogLineFormatter.Name).AddConsoleFormatter<LogLineFormatter, ConsoleFormatterOptions>();
         logging.SetMinimumLevel(LogLevel.Warning);
         logging.AddFilter("MergeCluster", LogLevel.Information);
         logging.AddFilter("Microsoft.Hosting.Lifetime", LogLevel.Warning);

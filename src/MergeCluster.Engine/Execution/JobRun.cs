@@ -129,7 +129,7 @@ public sealed class JobRun : IDisposable
         try { return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20, FileOptions.SequentialScan); }
         catch (FileNotFoundException e)
         {
-            throw new IOException($"{path}: partial sum missing (its task will be retried)", e);
+            throw new PartialSumMissingException(path, shard.Index, node, e);
         }
     }
 
@@ -138,4 +138,15 @@ public sealed class JobRun : IDisposable
         _output.Dispose();
         _inputs.Dispose();
     }
+}
+
+/// <summary>
+/// A partial sum a reduce or final task needs is not there (scratch lost, or storage forgot that its consumer was
+/// done and the task ran again after the file was deleted): the task that produces it must run again first.
+/// </summary>
+public sealed class PartialSumMissingException(string path, int shard, PartialNode node, Exception inner)
+    : IOException($"{path}: partial sum missing (the task that makes it runs again)", inner)
+{
+    public int Shard { get; } = shard;
+    public PartialNode Node { get; } = node;
 }

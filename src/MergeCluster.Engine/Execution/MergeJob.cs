@@ -229,6 +229,10 @@ public sealed class MergeJob
         return heldModels.Any(h => h.Count > 0) ? TaskShape.Tree : TaskShape.Fused;
     }
 
+    /// <summary>The task that produces a partial sum (a leaf or a reduce of the shard's tree).</summary>
+    public MergeTask ProducerOf(int shard, PartialNode node) =>
+        Tasks.First(t => t.Shard == shard && t.Level == node.Level && t.Node == node.Index && t.Kind is TaskKinds.Leaf or TaskKinds.Reduce);
+
     internal string PartialPath(Shard shard, PartialNode node) =>
         Path.Combine(Files.Scratch ?? throw new InvalidOperationException("a fused job has no scratch directory"), node.Name(shard) + ".partial");
 
