@@ -75,7 +75,7 @@ public static class SiloCommand
             }
             catch (Exception e) when (e is not MergeException)
             {
-                throw new MergeException($"silo {settings.Name}: could not start against storage {client.Storage.Display}: {client.Storage.Scrub(Innermost(e))}");
+                throw new MergeException($"silo {settings.Name}: could not start against storage {client.Storage.Display}: {client.Storage.Scrub(ErrorText.Innermost(e))}");
             }
             await host.WaitForShutdownAsync(CancellationToken.None);
             Console.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} silo {settings.Name}: drained and left");
@@ -84,11 +84,6 @@ public static class SiloCommand
         return command;
     }
 
-    private static string Innermost(Exception e)
-    {
-        while (e.InnerException is not null) e = e.InnerException;
-        return e.Message.ReplaceLineEndings(" ");
-    }
 
     [DllImport("libc", EntryPoint = "kill")]
     private static extern int Kill(int pid, int signal);

@@ -60,7 +60,7 @@ public sealed class ClusterConnection : IAsyncDisposable
         catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
         {
             host.Dispose();
-            throw new MergeException($"cluster {settings.ClusterId}: no silo reachable through storage {settings.Storage.Display}: {settings.Storage.Scrub(Innermost(e))}");
+            throw new MergeException($"cluster {settings.ClusterId}: no silo reachable through storage {settings.Storage.Display}: {settings.Storage.Scrub(ErrorText.Innermost(e))}");
         }
         return new ClusterConnection(host, settings);
     }
@@ -80,11 +80,6 @@ public sealed class ClusterConnection : IAsyncDisposable
 
     public Task<ImmutableArray<SiloInfo>> SilosAsync() => Client.GetGrain<IClusterGrain>(0).Silos();
 
-    private static string Innermost(Exception e)
-    {
-        while (e.InnerException is not null) e = e.InnerException;
-        return e.Message.ReplaceLineEndings(" ");
-    }
 
     public async ValueTask DisposeAsync()
     {

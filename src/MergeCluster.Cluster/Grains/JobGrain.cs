@@ -95,7 +95,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         if (_record.Active && _saved < _version)
         {
             try { await SaveAsync().WaitAsync(TimeSpan.FromSeconds(5), cancellationToken); }
-            catch (Exception e) { LogSaveFailed(_log, Id, OneLine(e)); }
+            catch (Exception e) { LogSaveFailed(_log, Id, ErrorText.OneLine(e)); }
         }
         if (_record.Active && reason.ReasonCode == DeactivationReasonCode.ShuttingDown)
         {
@@ -207,7 +207,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         }
         catch (Exception e)
         {
-            LogPumpFailed(_log, Id, OneLine(e));
+            LogPumpFailed(_log, Id, ErrorText.OneLine(e));
         }
         finally
         {
@@ -269,8 +269,8 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         catch (Exception e)
         {
             span?.SetStatus(ActivityStatusCode.Error, e.Message);
-            LogPlanFailed(_log, Id, OneLine(e));
-            End(JobPhase.Failed, $"plan: {OneLine(e)}");
+            LogPlanFailed(_log, Id, ErrorText.OneLine(e));
+            End(JobPhase.Failed, $"plan: {ErrorText.OneLine(e)}");
             return;
         }
         if (_record.Phase != JobPhase.Queued)
@@ -318,8 +318,8 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         }
         catch (Exception e)
         {
-            LogPlanFailed(_log, Id, OneLine(e));
-            End(JobPhase.Failed, $"resume: {OneLine(e)}");
+            LogPlanFailed(_log, Id, ErrorText.OneLine(e));
+            End(JobPhase.Failed, $"resume: {ErrorText.OneLine(e)}");
             return;
         }
         foreach (var report in _early) Apply(report);
@@ -384,7 +384,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
             catch (Exception e)
             {
                 // Not started (its silo is going, or a call timed out): it goes back and is handed out again later.
-                LogDispatchFailed(_log, Id, task.Name, target.Name, OneLine(e));
+                LogDispatchFailed(_log, Id, task.Name, target.Name, ErrorText.OneLine(e));
                 if ((TaskState)_record.States[index] == TaskState.Running && _record.Attempts[index] == attempt)
                 {
                     _record.Attempts[index]--;
@@ -580,7 +580,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         catch (Exception e)
         {
             span?.SetStatus(ActivityStatusCode.Error, e.Message);
-            End(JobPhase.Failed, $"assemble: {OneLine(e)}");
+            End(JobPhase.Failed, $"assemble: {ErrorText.OneLine(e)}");
             return;
         }
         Succeed();
@@ -623,7 +623,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         catch (Exception e)
         {
             // Left in place it only wakes a finished job, which does nothing; tried again at the next wake.
-            LogSaveFailed(_log, Id, OneLine(e));
+            LogSaveFailed(_log, Id, ErrorText.OneLine(e));
         }
     }
 
@@ -678,18 +678,18 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
                     // The stored record is not the one this activation last wrote: a write whose answer was lost in an
                     // outage landed after all, or storage came back without its last writes. This activation, the
                     // job's only one, holds the newest record: take the stored version's tag and write it again.
-                    LogConflict(_log, Id, OneLine(e));
+                    LogConflict(_log, Id, ErrorText.OneLine(e));
                     _record.Writes--;
                     _releaseAfterSave.InsertRange(0, released);
                     try { await _state.ReadStateAsync(); }
-                    catch (Exception read) { LogSaveFailed(_log, Id, OneLine(read)); await Task.Delay(backoff); }
+                    catch (Exception read) { LogSaveFailed(_log, Id, ErrorText.OneLine(read)); await Task.Delay(backoff); }
                     continue;
                 }
                 catch (Exception e)
                 {
                     _record.Writes--;
                     _releaseAfterSave.InsertRange(0, released);
-                    LogSaveFailed(_log, Id, Innermost(e));
+                    LogSaveFailed(_log, Id, ErrorText.Innermost(e));
                     await Task.Delay(backoff);
                     backoff = TimeSpan.FromTicks(Math.Min(backoff.Ticks * 2, TimeSpan.FromSeconds(10).Ticks));
                     continue;
@@ -713,14 +713,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         }
     }
 
-    private static string OneLine(Exception e) => (e is AggregateException { InnerException: { } inner } ? inner : e).Message.ReplaceLineEndings(" ");
 
-    /// <summary>Storage errors arrive wrapped several times over, each wrapper quoting the rest: the innermost says what happened.</summary>
-    private static string Innermost(Exception e)
-    {
-        while (e.InnerException is not null) e = e.InnerException;
-        return e.Message.ReplaceLineEndings(" ");
-    }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "job {Job}: submitted ({Recipe})")]
     private static partial void LogSubmitted(ILogger logger, long job, string recipe);

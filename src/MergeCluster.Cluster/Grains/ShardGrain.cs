@@ -113,15 +113,15 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
         }
         catch (RedoException e)
         {
-            return new TaskReport(order.Task, order.Attempt, TaskOutcome.Failed, OneLine(e.InnerException!), false, silo.Name, 0, 0, e.Task);
+            return new TaskReport(order.Task, order.Attempt, TaskOutcome.Failed, ErrorText.OneLine(e.InnerException!), false, silo.Name, 0, 0, e.Task);
         }
         catch (JobOpenException e)
         {
-            return new TaskReport(order.Task, order.Attempt, TaskOutcome.Failed, OneLine(e.InnerException!), false, silo.Name, 0, 0);
+            return new TaskReport(order.Task, order.Attempt, TaskOutcome.Failed, ErrorText.OneLine(e.InnerException!), false, silo.Name, 0, 0);
         }
         catch (Exception e)
         {
-            return new TaskReport(order.Task, order.Attempt, TaskOutcome.Failed, OneLine(e), MergeJob.IsPermanent(e), silo.Name, 0, 0);
+            return new TaskReport(order.Task, order.Attempt, TaskOutcome.Failed, ErrorText.OneLine(e), MergeJob.IsPermanent(e), silo.Name, 0, 0);
         }
     }
 
@@ -139,7 +139,7 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
             }
             catch (Exception e)
             {
-                LogReportFailed(log, order.Job, order.TaskName, attempt, OneLine(e));
+                LogReportFailed(log, order.Job, order.TaskName, attempt, ErrorText.OneLine(e));
                 await Task.Delay(delay);
                 delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
             }
@@ -168,7 +168,6 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
         _ => "released",
     };
 
-    private static string OneLine(Exception e) => (e is AggregateException { InnerException: { } inner } ? inner : e).Message.ReplaceLineEndings(" ");
 
     [LoggerMessage(Level = LogLevel.Information, Message = "job {Job} task {Task} (attempt {Attempt}): started")]
     private static partial void LogStarted(ILogger logger, long job, string task, int attempt);
