@@ -43,8 +43,22 @@ public sealed partial class Azurite : IAsyncDisposable
     public static async Task<Azurite> StartAsync()
     {
         var azurite = new Azurite();
+        // The shared one lives as long as the test process: it must not outlive it.
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => azurite.Stop();
         await azurite.RunAsync(0, 0, 0);
         return azurite;
+    }
+
+    private void Stop()
+    {
+        try
+        {
+            if (_process is { HasExited: false } p) p.Kill(entireProcessTree: true);
+        }
+        catch (InvalidOperationException)
+        {
+        }
+        _location.Dispose();
     }
 
     /// <summary>The azurite executable: $MERGECLUSTER_AZURITE, else the one scripts/test.sh installed under .build/azurite.</summary>
