@@ -1,5 +1,4 @@
 using System.CommandLine;
-using MergeCluster.Engine.Ledger;
 using MergeCluster.Merge;
 using MergeCluster.Safetensors;
 
@@ -25,7 +24,7 @@ public static class CliRunner
         }
         catch (Exception e) when (Describe(e) is { } line)
         {
-            Console.Error.WriteLine($"error: {line}");
+            Console.Error.WriteLine($"error: {MergeCluster.Cluster.StorageConnection.ScrubAll(line)}");
             return ExitUserError;
         }
         catch (OperationCanceledException)
@@ -36,7 +35,7 @@ public static class CliRunner
         catch (Exception e)
         {
             // A bug, not bad input: still one line, with the trace only on request.
-            Console.Error.WriteLine($"error: internal {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}");
+            Console.Error.WriteLine($"error: internal {e.GetType().Name}: {MergeCluster.Cluster.StorageConnection.ScrubAll(e.Message.ReplaceLineEndings(" "))}");
             if (Environment.GetEnvironmentVariable("MERGECLUSTER_TRACE") == "1") Console.Error.WriteLine(e);
             return ExitInternal;
         }
@@ -47,8 +46,6 @@ public static class CliRunner
     {
         SafetensorsException s => s.Message,
         MergeException m => m.Message,
-        MergeCluster.Engine.Runtime.PermanentTaskException p => p.InnerException is { } inner && Describe(inner) is { } line ? line : p.Message,
-        LedgerException l => l.Message,
         FileNotFoundException f => $"{f.FileName ?? "file"}: not found",
         DirectoryNotFoundException d => d.Message,
         UnauthorizedAccessException u => u.Message,

@@ -39,7 +39,6 @@ public static class MergeCommand
                 return 0;
             }
             var plan = Planner.Create(recipe, new PlanOptions { OutputPath = outPath });
-            RefuseOverwritingInput(plan);
             if (parse.GetValue(fromMetadata) is { } source) VerifyInputs(source.FullName, plan, t);
 
             var options = new LocalMergeOptions
@@ -89,13 +88,6 @@ public static class MergeCommand
             .ToList();
         if (changed.Count > 0)
             throw new MergeException($"{source}: inputs changed since the merge: {string.Join("; ", changed)}");
-    }
-
-    private static void RefuseOverwritingInput(MergePlan plan)
-    {
-        foreach (var input in plan.Inputs)
-            if (input.Length > 0 && string.Equals(Path.GetFullPath(input.Path), plan.OutputPath, StringComparison.Ordinal))
-                throw new MergeException($"{plan.OutputPath}: the output would overwrite input model '{input.Name}'");
     }
 
     internal static void PrintPlan(MergePlan plan)

@@ -1,6 +1,6 @@
 using MergeCluster.Merge;
 
-namespace MergeCluster.Engine.Runtime;
+namespace MergeCluster.Cluster.Silo;
 
 /// <summary>A path a silo was asked to open that lies outside its data roots.</summary>
 public sealed class DataRootException(string message) : MergeException(message);
