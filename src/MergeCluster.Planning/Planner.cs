@@ -19,6 +19,8 @@ public sealed record PlanOptions
     public string? OutputPath { get; init; }
     /// <summary>Maps a recipe path to the path to open; the cluster confines it to the silo's data roots.</summary>
     public Func<string, string>? ResolvePath { get; init; }
+    /// <summary>Overrides the recipe's output dtype (recorded in the metadata, so a replay rounds the same way).</summary>
+    public DType? OutputDType { get; init; }
 }
 
 /// <summary>Turns a recipe and the headers of its inputs into a <see cref="MergePlan"/>, checking everything before any heavy work.</summary>
@@ -27,6 +29,7 @@ public static class Planner
     public static MergePlan Create(Recipe recipe, PlanOptions? options = null)
     {
         options ??= new PlanOptions();
+        if (options.OutputDType is { } dtype && dtype != recipe.Output.DType) recipe = recipe.WithOutputDType(dtype);
         var inputs = OpenHeaders(recipe, options);
         // SDXL's UNET has 9 input and output blocks, SD1's 12; per-block alphas follow the inputs' layout.
         int blocksPerSide = inputs.Any(i => i.Length > 0 && ModelArchitecture.Detect(i.Header).Architecture == ModelArchitecture.Sdxl) ? 9 : 12;
@@ -66,7 +69,7 @@ public static class Planner
         if (tensors.Count == 0)
             throw new MergeException($"{recipe.Source}: the recipe selects no tensors from its models");
 
-        var metadata = BuildMetadata(recipe, inputs, baseIndex, options.InputHashes);
+        var metadata = BuildMetadata(recipe, inputs, baseIndex, options.InputHashes, options.OutputDType is not null);
         var layout = SafetensorsLayout.Create(specs, metadata);
         var placed = tensors.Select(t => t with { Output = layout.Tensors[t.Index] }).ToImmutableArray();
 
@@ -322,7 +325,7 @@ public static class Planner
         return string.Join(" ", parts);
     }
 
-    private static ImmutableSortedDictionary<string, string> BuildMetadata(Recipe recipe, ImmutableArray<MergeInput> inputs, int baseIndex, IReadOnlyDictionary<string, string>? hashes)
+    private static ImmutableSortedDictionary<string, string> BuildMetadata(Recipe recipe, ImmutableArray<MergeInput> inputs, int baseIndex, IReadOnlyDictionary<string, string>? hashes, bool dtypeOverridden)
     {
         var meta = ImmutableSortedDictionary.CreateBuilder<string, string>(StringComparer.Ordinal);
         if (baseIndex >= 0)
@@ -332,6 +335,7 @@ public static class Planner
         meta[MergeMetadata.Recipe] = recipe.Text;
         meta[MergeMetadata.RecipeDirectory] = recipe.Directory;
         meta[MergeMetadata.Tool] = MergeMetadata.ToolName;
+        if (dtypeOverridden) meta[MergeMetadata.OutputDType] = recipe.Output.DType.Name();
         if (hashes is not null)
             meta[MergeMetadata.Inputs] = MergeMetadata.FormatInputs(hashes);
         return meta.ToImmutable();

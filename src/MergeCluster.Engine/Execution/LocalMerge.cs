@@ -3,6 +3,7 @@ using MergeCluster.Planning;
 using MergeCluster.Engine.Runtime;
 using MergeCluster.Merge;
 using MergeCluster.Merge.Recipes;
+using MergeCluster.Safetensors;
 
 namespace MergeCluster.Engine.Execution;
 
@@ -13,6 +14,8 @@ public sealed record LocalMergeOptions
     /// <summary>Upper bound of input bytes per shard; small merges use smaller shards so every thread has work.</summary>
     public long ShardBytes { get; init; } = 256L << 20;
     public string? OutputPath { get; init; }
+    /// <summary>Output dtype overriding the recipe's.</summary>
+    public DType? DType { get; init; }
     public bool HashInputs { get; init; } = true;
     public TaskShape Shape { get; init; } = TaskShape.Fused;
     /// <summary>Bytes the recipe reads, when the caller has planned it already; otherwise it is planned once more to size the shards.</summary>
@@ -27,9 +30,9 @@ public static class LocalMerge
 {
     public static async Task<string> RunAsync(Recipe recipe, LocalMergeOptions options, MergeProgress? progress, CancellationToken ct)
     {
-        long inputBytes = options.InputBytes ?? Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath }).InputBytes;
+        long inputBytes = options.InputBytes ?? Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath, OutputDType = options.DType }).InputBytes;
         long shardBytes = ShardBytesFor(inputBytes, options.Threads, options.ShardBytes);
-        string jobOptions = new MergeJobOptions { Shape = options.Shape, ShardBytes = shardBytes, Output = options.OutputPath, HashInputs = options.HashInputs }.ToJson();
+        string jobOptions = new MergeJobOptions { Shape = options.Shape, ShardBytes = shardBytes, Output = options.OutputPath, HashInputs = options.HashInputs, DType = options.DType?.Name() }.ToJson();
         using var engine = new MergeJobEngine(null, options.Threads, progress);
         var job = await EmbeddedRun.RunAsync(engine, recipe.Text, recipe.Directory, jobOptions, Math.Max(1, options.Threads), ct);
         ct.ThrowIfCancellationRequested();

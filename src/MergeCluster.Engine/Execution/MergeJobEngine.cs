@@ -35,6 +35,8 @@ public sealed record MergeJobOptions
     public string? Output { get; init; }
     /// <summary>Record input hashes in the output metadata (needed for replay checks).</summary>
     public bool HashInputs { get; init; } = true;
+    /// <summary>Output dtype overriding the recipe's (f16, bf16, f32, f64).</summary>
+    public string? DType { get; init; }
 
     public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
     public static MergeJobOptions FromJson(string json) =>
@@ -380,6 +382,7 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         InputHashes = hashes,
         OutputPath = options.Output is null ? null : _resolve(Path.GetFullPath(options.Output)),
         ResolvePath = p => _resolve(Path.GetFullPath(Path.Combine(job.RecipeDirectory, p))),
+        OutputDType = options.DType is null ? null : DTypes.TryParseUser(options.DType, out var d) ? d : throw new MergeException($"job {job.Id}: unknown output dtype '{options.DType}'"),
     };
 
     public static string TempOutputPath(string outputPath, JobRecord job) =>

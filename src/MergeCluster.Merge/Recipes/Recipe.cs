@@ -121,8 +121,13 @@ public sealed class Recipe
         };
 
     /// <summary>The same recipe with its output sent elsewhere (a replay, or `merge -o`).</summary>
-    public Recipe WithOutputPath(string absolutePath) =>
-        new(Source, Directory, Text, Models, Base, Missing, Components, Output with { Path = System.IO.Path.GetFullPath(absolutePath) }, ReduceGroup)
+    public Recipe WithOutputPath(string absolutePath) => WithOutput(Output with { Path = System.IO.Path.GetFullPath(absolutePath) });
+
+    /// <summary>The same recipe rounding to another dtype (`merge --dtype`; a .mecha recipe names none).</summary>
+    public Recipe WithOutputDType(DType dtype) => WithOutput(Output with { DType = dtype });
+
+    private Recipe WithOutput(RecipeOutput output) =>
+        new(Source, Directory, Text, Models, Base, Missing, Components, output, ReduceGroup)
         {
             Format = Format,
             Tree = Tree,
