@@ -28,7 +28,8 @@ public static class RecipeCommand
                 if (Path.IsPathRooted(model.Path)) return model.Path;
                 return Path.GetRelativePath(baseDir, recipe.ResolvePath(model.Path));
             });
-            if (target is null) Console.Out.Write(text + Environment.NewLine);
+            // No newline at the end, also on stdout: sd-mecha's parser fails on an empty last line, and users redirect this to a file.
+            if (target is null) Console.Out.Write(text);
             else WriteAtomically(target.FullName, text);
             return 0;
         });
