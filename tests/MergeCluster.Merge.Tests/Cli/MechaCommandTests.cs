@@ -27,15 +27,6 @@ public class MechaCommandTests : IDisposable
         return Support.Cli.Run(args, _dir.Path, all);
     }
 
-    private static string OneErrorLine(CliResult r)
-    {
-        Assert.NotEqual(0, r.ExitCode);
-        var lines = r.StderrLines.Where(l => !l.StartsWith("mergecluster: building")).ToArray();
-        Assert.True(lines.Length == 1, $"expected one line on stderr, got:\n{r.Stderr}");
-        Assert.DoesNotContain("   at ", r.Stderr);
-        return lines[0];
-    }
-
     private const string Yaml = "models:\n  base: base.safetensors\n  a: a.safetensors\n  b: b.safetensors\nbase: base\ncomponents:\n" +
         "  unet: { method: ties, models: [a, b], k: 0.5 }\n  te0: { method: geometric_median, models: [a, b, base] }\n  vae: { method: slerp, models: [a, b], alpha: 0.4 }\n" +
         "output: { path: out.safetensors, dtype: f16 }\n";
@@ -67,7 +58,7 @@ public class MechaCommandTests : IDisposable
     public void A_mecha_recipe_needs_an_output_path()
     {
         File.WriteAllText(_dir.File("r.mecha"), "version 0.1.0\nmodel \"a.safetensors\" model_config=\"sdxl-sgm\" merge_space=\"weight\"");
-        string line = OneErrorLine(Run(["merge", "r.mecha"]));
+        string line = Run(["merge", "r.mecha"]).SingleErrorLine();
         Assert.Contains("r.mecha", line);
         Assert.Contains("-o", line);
     }
@@ -76,7 +67,7 @@ public class MechaCommandTests : IDisposable
     public void An_unsupported_method_is_one_line_naming_the_file_line_and_word()
     {
         File.WriteAllText(_dir.File("r.mecha"), "version 0.1.0\nmodel \"a.safetensors\" model_config=\"sdxl-sgm\" merge_space=\"weight\"\nmodel \"b.safetensors\" model_config=\"sdxl-sgm\" merge_space=\"weight\"\nmerge \"crossover\" &0 &1");
-        string line = OneErrorLine(Run(["merge", "r.mecha", "-o", "out.safetensors"]));
+        string line = Run(["merge", "r.mecha", "-o", "out.safetensors"]).SingleErrorLine();
         Assert.Contains("r.mecha:4", line);
         Assert.Contains("'crossover'", line);
         Assert.False(File.Exists(_dir.File("out.safetensors")));
