@@ -80,7 +80,11 @@ public static class MethodsBenchmark
 
             long read = 0;
             using var listener = new MeterListener();
-            listener.InstrumentPublished = (instrument, l) => { if (instrument == MergeTelemetry.BytesRead) l.EnableMeasurementEvents(instrument); };
+            // By name: the counter is published from MergeTelemetry's static initialiser, before its field is assigned.
+            listener.InstrumentPublished = (instrument, l) =>
+            {
+                if (instrument.Meter.Name == MergeTelemetry.Name && instrument.Name == "mergecluster.bytes.read") l.EnableMeasurementEvents(instrument);
+            };
             listener.SetMeasurementEventCallback<long>((_, value, _, _) => Interlocked.Add(ref read, value));
             listener.Start();
             var clock = Stopwatch.StartNew();

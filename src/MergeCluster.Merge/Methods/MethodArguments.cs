@@ -61,17 +61,10 @@ public sealed class MethodArguments
         _ => value.ToString() ?? "",
     };
 
-    /// <summary>A float as Python's repr writes it (1.0, 0.3, 1e-06, 1e-20), so sd-mecha reads it back as a float.</summary>
+    /// <summary>A float the way sd-mecha's parser reads a float back: with a '.' or an exponent (1.0, 0.3, 1e-06).</summary>
     public static string FormatNumber(double d)
     {
-        string r = d.ToString("R", CultureInfo.InvariantCulture);
-        if (r.Contains('E'))
-        {
-            // .NET writes 1E-06 as "1E-06"; Python writes "1e-06".
-            r = r.Replace("E", "e");
-            if (!r.Contains('.') && !r.Contains('e')) r += ".0";
-            return r;
-        }
-        return r.Contains('.') || r.Contains("Infinity") || r.Contains("NaN") ? r : r + ".0";
+        string r = d.ToString("R", CultureInfo.InvariantCulture).Replace("E", "e");
+        return r.Contains('.') || r.Contains('e') || !double.IsFinite(d) ? r : r + ".0";
     }
 }
