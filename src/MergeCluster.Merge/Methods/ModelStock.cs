@@ -16,15 +16,21 @@ public sealed class ModelStock(TensorContext context, double cosEps) : TensorMet
     {
         int row = RowLength;
         int n = inputs.Count;
+        // Σ deltas per element, inputs in order from +0, one input at a time (sequential memory).
+        var sums = output.AsSpan(0, length);
+        sums.Clear();
+        for (int i = 0; i < n; i++)
+        {
+            var x = inputs[i].AsSpan(0, length);
+            for (int e = 0; e < sums.Length; e++) sums[e] += x[e];
+        }
         for (int r = 0; r < length; r += row)
         {
             double t = T(inputs, r, row, cosEps);
             for (int e = r; e < r + row; e++)
             {
-                double sum = 0;
-                for (int i = 0; i < n; i++) sum += inputs[i][e];
-                double v = t * (sum / n);
-                output[e] = double.IsNaN(v) ? 0.0 : double.IsPositiveInfinity(v) ? double.MaxValue : double.IsNegativeInfinity(v) ? double.MinValue : v;
+                double v = t * (sums[e] / n);
+                sums[e] = double.IsNaN(v) ? 0.0 : double.IsPositiveInfinity(v) ? double.MaxValue : double.IsNegativeInfinity(v) ? double.MinValue : v;
             }
         }
     }

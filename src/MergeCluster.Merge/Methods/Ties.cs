@@ -57,6 +57,7 @@ public sealed class Ties : TensorMethod
     private double _medianTotal;
     private double[][] _filtered = [];
     private double[] _counts = [];
+    private double[] _votes = [];
     private readonly bool _zero;
 
     public Ties(TensorContext context, TiesSettings settings)
@@ -133,18 +134,22 @@ public sealed class Ties : TensorMethod
                 for (int e = 0; e < length; e++) output[e] = FiniteOrZero(output[e]) / _rescale;
                 break;
             default:
-                int row = _settings.Reduction == TiesReduction.Stock ? RowLength : length;
-                for (int r = 0; r < length; r += row)
                 {
-                    double t = _settings.Reduction == TiesReduction.Stock ? ModelStock.T(_filtered, r, row, _settings.CosEps) : 1.0;
-                    for (int e = r; e < r + row; e++)
+                    var sums = output.AsSpan(0, length);
+                    sums.Clear();
+                    for (int i = 0; i < n; i++)
                     {
-                        double sum = 0;
-                        for (int i = 0; i < n; i++) sum += _filtered[i][e];
-                        output[e] = FiniteOrZero(sum * t / _counts[e]) / _rescale;
+                        var f = _filtered[i].AsSpan(0, length);
+                        for (int e = 0; e < sums.Length; e++) sums[e] += f[e];
                     }
+                    int row = _settings.Reduction == TiesReduction.Stock ? RowLength : length;
+                    for (int r = 0; r < length; r += row)
+                    {
+                        double t = _settings.Reduction == TiesReduction.Stock ? ModelStock.T(_filtered, r, row, _settings.CosEps) : 1.0;
+                        for (int e = r; e < r + row; e++) sums[e] = FiniteOrZero(sums[e] * t / _counts[e]) / _rescale;
+                    }
+                    break;
                 }
-                break;
         }
     }
 
@@ -169,19 +174,28 @@ public sealed class Ties : TensorMethod
             double threshold = _thresholds[i];
             for (int e = 0; e < length; e++) f[e] = values[e] * (Math.Abs(values[e]) >= threshold ? 1.0 : 0.0);
         }
-        for (int e = 0; e < length; e++)
+        // Per element, in input order: the vote, the elected sign, then each delta kept or zeroed and counted. The
+        // loops run input by input over the block, so memory is read in sequence.
+        var votes = _votes.AsSpan(0, length);
+        var counts = _counts.AsSpan(0, length);
+        votes.Clear();
+        counts.Clear();
+        for (int i = 0; i < n; i++)
         {
-            double vote = 0;
-            for (int i = 0; i < n; i++) vote += _settings.VoteSign ? _filtered[i][e] : Sign(_filtered[i][e]);
-            double elected = Sign(vote);
-            double count = 0;
-            for (int i = 0; i < n; i++)
+            var f = _filtered[i].AsSpan(0, length);
+            if (_settings.VoteSign) for (int e = 0; e < f.Length; e++) votes[e] += f[e];
+            else for (int e = 0; e < f.Length; e++) votes[e] += Sign(f[e]);
+        }
+        for (int e = 0; e < votes.Length; e++) votes[e] = Sign(votes[e]);
+        for (int i = 0; i < n; i++)
+        {
+            var f = _filtered[i].AsSpan(0, length);
+            for (int e = 0; e < f.Length; e++)
             {
-                double keep = Sign(_filtered[i][e]) == elected ? 1.0 : 0.0;
-                _filtered[i][e] *= keep;
-                count += keep;
+                double keep = Sign(f[e]) == votes[e] ? 1.0 : 0.0;
+                f[e] *= keep;
+                counts[e] += keep;
             }
-            _counts[e] = count;
         }
     }
 
@@ -191,6 +205,7 @@ public sealed class Ties : TensorMethod
         _filtered = new double[n][];
         for (int i = 0; i < n; i++) _filtered[i] = new double[length];
         _counts = new double[length];
+        _votes = new double[length];
     }
 
     internal static bool IsCloseToOne(double x) => Math.Abs(x - 1.0) <= 1e-9 * Math.Max(Math.Abs(x), 1.0);
