@@ -292,7 +292,14 @@ public static class Planner
             if (recipe.Tree is { } tree)
             {
                 var used = group.SelectMany(t => t.Terms).Select(t => recipe.Models[t.Input].Name).Distinct().Order(StringComparer.Ordinal).ToImmutableArray();
-                result.Add(new ComponentPlan(group.Key, tree is MergeNode m ? $".mecha: {m.Method.Name}" : ".mecha: model", used, group.Count(), group.Sum(t => t.Output.ByteLength), group.Sum(t => t.InputBytes)));
+                // What the component's tensors came to: the methods of their programs, a linear combination, or a copy.
+                var methods = group.SelectMany(t => t.Op switch
+                {
+                    TensorOp.Method => t.Program!.Nodes.Where(n => n.Op == ProgramOp.Method).Select(n => n.Method!.Name),
+                    TensorOp.Combine => ["linear"],
+                    _ => (IEnumerable<string>)["copy"],
+                }).Distinct().Order(StringComparer.Ordinal);
+                result.Add(new ComponentPlan(group.Key, ".mecha: " + string.Join(", ", methods), used, group.Count(), group.Sum(t => t.Output.ByteLength), group.Sum(t => t.InputBytes)));
                 continue;
             }
             var rule = recipe.RuleFor(group.Key);
