@@ -8,6 +8,7 @@ foreach (var command in new[]
     InspectCommand.Create(),
     SynthCommand.Create(),
     MergeCommand.Create(),
+    RecipeCommand.Create(),
     SiloCommand.Create(),
     SubmitCommand.Create(),
     StatusCommand.Create(),

@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using MergeCluster.Merge;
 using MergeCluster.Merge.Architecture;
+using MergeCluster.Merge.Methods;
 using MergeCluster.Merge.Numerics;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Safetensors;
@@ -18,6 +19,8 @@ public sealed record PlanOptions
     public string? OutputPath { get; init; }
     /// <summary>Maps a recipe path to the path to open; the cluster confines it to the silo's data roots.</summary>
     public Func<string, string>? ResolvePath { get; init; }
+    /// <summary>Overrides the recipe's output dtype (recorded in the metadata, so a replay rounds the same way).</summary>
+    public DType? OutputDType { get; init; }
 }
 
 /// <summary>Turns a recipe and the headers of its inputs into a <see cref="MergePlan"/>, checking everything before any heavy work.</summary>
@@ -26,6 +29,7 @@ public static class Planner
     public static MergePlan Create(Recipe recipe, PlanOptions? options = null)
     {
         options ??= new PlanOptions();
+        if (options.OutputDType is { } dtype && dtype != recipe.Output.DType) recipe = recipe.WithOutputDType(dtype);
         var inputs = OpenHeaders(recipe, options);
         // SDXL's UNET has 9 input and output blocks, SD1's 12; per-block alphas follow the inputs' layout.
         int blocksPerSide = inputs.Any(i => i.Length > 0 && ModelArchitecture.Detect(i.Header).Architecture == ModelArchitecture.Sdxl) ? 9 : 12;
@@ -36,9 +40,15 @@ public static class Planner
         {
             foreach (var key in input.Header.Keys)
             {
+                if (recipe.ModelConfig is { } config)
+                {
+                    // sd-mecha merges the keys of the model config (by their canonical names); others are dropped.
+                    if (config.Canonical(key) is { } canonical) candidateKeys.Add(canonical);
+                    continue;
+                }
                 var component = ModelArchitecture.Unknown.ComponentOf(key);
                 var rule = recipe.RuleFor(component);
-                bool used = input.Index == baseIndex || (rule is not null && rule.Models.Contains(input.Name));
+                bool used = input.Index == baseIndex || (rule is not null && (rule.Models.Contains(input.Name) || rule.DeltaBase == input.Name));
                 if (used) candidateKeys.Add(key);
             }
         }
@@ -46,9 +56,12 @@ public static class Planner
         var tensors = new List<PlannedTensor>(candidateKeys.Count);
         var specs = new List<TensorSpec>(candidateKeys.Count);
         var missing = new Dictionary<(string Model, Component Component, string Resolution), List<string>>();
+        var trees = new TreePlanner(recipe, inputs, missing);
         foreach (string key in candidateKeys)
         {
-            var planned = PlanTensor(recipe, inputs, baseIndex, key, blocksPerSide, missing, tensors.Count);
+            var planned = recipe.Tree is { } tree
+                ? trees.Plan(tree, key, ModelArchitecture.Unknown.ComponentOf(key), tensors.Count, null, -1)
+                : PlanTensor(recipe, inputs, baseIndex, key, blocksPerSide, missing, tensors.Count, trees);
             if (planned is null) continue;
             tensors.Add(planned);
             specs.Add(new TensorSpec(key, planned.Output.DType, planned.Output.Shape));
@@ -56,7 +69,7 @@ public static class Planner
         if (tensors.Count == 0)
             throw new MergeException($"{recipe.Source}: the recipe selects no tensors from its models");
 
-        var metadata = BuildMetadata(recipe, inputs, baseIndex, options.InputHashes);
+        var metadata = BuildMetadata(recipe, inputs, baseIndex, options.InputHashes, options.OutputDType is not null);
         var layout = SafetensorsLayout.Create(specs, metadata);
         var placed = tensors.Select(t => t with { Output = layout.Tensors[t.Index] }).ToImmutableArray();
 
@@ -82,7 +95,12 @@ public static class Planner
         var used = new HashSet<string>(StringComparer.Ordinal);
         if (recipe.Base is not null) used.Add(recipe.Base);
         foreach (var component in Components.All)
-            if (recipe.RuleFor(component) is { } rule) used.UnionWith(rule.Models);
+            if (recipe.RuleFor(component) is { } rule)
+            {
+                used.UnionWith(rule.Models);
+                if (rule.DeltaBase is not null) used.Add(rule.DeltaBase);
+            }
+        if (recipe.Tree is not null) used.UnionWith(recipe.Models.Select(m => m.Name));
 
         var inputs = ImmutableArray.CreateBuilder<MergeInput>(recipe.Models.Length);
         for (int i = 0; i < recipe.Models.Length; i++)
@@ -104,11 +122,15 @@ public static class Planner
 
     private static readonly SafetensorsHeader EmptyHeader = SafetensorsHeader.Parse("{}"u8, 0, "(unused)");
 
-    private static string ResolveOutput(Recipe recipe, PlanOptions options) =>
-        options.ResolvePath is null ? recipe.OutputPath : options.ResolvePath(recipe.Output.Path);
+    private static string ResolveOutput(Recipe recipe, PlanOptions options)
+    {
+        if (recipe.Output.Path.Length == 0)
+            throw new MergeException($"{recipe.Source}: the recipe names no output file (a .mecha recipe never does): give -o OUT");
+        return options.ResolvePath is null ? recipe.OutputPath : options.ResolvePath(recipe.Output.Path);
+    }
 
     private static PlannedTensor? PlanTensor(Recipe recipe, ImmutableArray<MergeInput> inputs, int baseIndex, string key, int blocksPerSide,
-        Dictionary<(string, Component, string), List<string>> missing, int index)
+        Dictionary<(string, Component, string), List<string>> missing, int index, TreePlanner trees)
     {
         var component = ModelArchitecture.Unknown.ComponentOf(key);
         var rule = recipe.RuleFor(component);
@@ -122,6 +144,9 @@ public static class Planner
         }
 
         var policy = rule.Missing ?? recipe.Missing;
+        // The non-linear methods are planned from their tree; the linear ones below build exactly the terms they always did.
+        if (RecipeTrees.IsNonLinear(rule.Method))
+            return trees.Plan(RecipeTrees.For(rule), key, component, index, policy, baseIndex);
         var sources = new List<(int Position, MergeInput Input, TensorInfo Tensor)>(rule.Models.Length);
         for (int p = 0; p < rule.Models.Length; p++)
         {
@@ -264,13 +289,27 @@ public static class Planner
         var result = ImmutableArray.CreateBuilder<ComponentPlan>();
         foreach (var group in tensors.GroupBy(t => t.Component).OrderBy(g => g.Key))
         {
+            if (recipe.Tree is { } tree)
+            {
+                var used = group.SelectMany(t => t.Terms).Select(t => recipe.Models[t.Input].Name).Distinct().Order(StringComparer.Ordinal).ToImmutableArray();
+                // What the component's tensors came to: the methods of their programs, a linear combination, or a copy.
+                var methods = group.SelectMany(t => t.Op switch
+                {
+                    TensorOp.Method => t.Program!.Nodes.Where(n => n.Op == ProgramOp.Method).Select(n => n.Method!.Name),
+                    TensorOp.Combine => ["linear"],
+                    _ => (IEnumerable<string>)["copy"],
+                }).Distinct().Order(StringComparer.Ordinal);
+                result.Add(new ComponentPlan(group.Key, ".mecha: " + string.Join(", ", methods), used, group.Count(), group.Sum(t => t.Output.ByteLength), group.Sum(t => t.InputBytes)));
+                continue;
+            }
             var rule = recipe.RuleFor(group.Key);
             string method = rule is null ? "copy" : rule.Method switch
             {
                 MergeMethod.Mean => rule.Weights.IsEmpty ? "mean" : "weighted mean",
                 MergeMethod.WeightedSum => rule.BlockAlphas.Count > 0 ? $"weighted_sum alpha={rule.Alpha} (+{rule.BlockAlphas.Count} block alphas)" : $"weighted_sum alpha={rule.Alpha}",
                 MergeMethod.AddDifference => $"add_difference alpha={rule.Alpha}",
-                _ => "copy",
+                MergeMethod.Copy => "copy",
+                _ => Describe(rule),
             };
             var models = rule?.Models ?? [recipe.Base!];
             result.Add(new ComponentPlan(group.Key, method, models, group.Count(), group.Sum(t => t.Output.ByteLength), group.Sum(t => t.InputBytes)));
@@ -278,7 +317,22 @@ public static class Planner
         return result.ToImmutable();
     }
 
-    private static ImmutableSortedDictionary<string, string> BuildMetadata(Recipe recipe, ImmutableArray<MergeInput> inputs, int baseIndex, IReadOnlyDictionary<string, string>? hashes)
+    /// <summary>A non-linear rule for the plan: its method, alpha, options and base, e.g. `ties alpha=1 k=0.2 (base: sdxl)`.</summary>
+    private static string Describe(ComponentRule rule)
+    {
+        var parts = new List<string> { rule.Method switch
+        {
+            MergeMethod.GeometricMedian => "geometric_median",
+            MergeMethod.ModelStock => "model_stock",
+            var m => m.ToString().ToLowerInvariant(),
+        } };
+        if (RecipeTrees.DefaultAlpha(rule.Method) is not null) parts.Add($"alpha={rule.Alpha}");
+        foreach (var (k, v) in rule.Options) parts.Add($"{k}={MethodArguments.Format(v)}");
+        if (rule.DeltaBase is not null) parts.Add($"(base: {rule.DeltaBase})");
+        return string.Join(" ", parts);
+    }
+
+    private static ImmutableSortedDictionary<string, string> BuildMetadata(Recipe recipe, ImmutableArray<MergeInput> inputs, int baseIndex, IReadOnlyDictionary<string, string>? hashes, bool dtypeOverridden)
     {
         var meta = ImmutableSortedDictionary.CreateBuilder<string, string>(StringComparer.Ordinal);
         if (baseIndex >= 0)
@@ -288,6 +342,7 @@ public static class Planner
         meta[MergeMetadata.Recipe] = recipe.Text;
         meta[MergeMetadata.RecipeDirectory] = recipe.Directory;
         meta[MergeMetadata.Tool] = MergeMetadata.ToolName;
+        if (dtypeOverridden) meta[MergeMetadata.OutputDType] = recipe.Output.DType.Name();
         if (hashes is not null)
             meta[MergeMetadata.Inputs] = MergeMetadata.FormatInputs(hashes);
         return meta.ToImmutable();

@@ -15,30 +15,38 @@ public static class MergeCommand
 {
     public static Command Create()
     {
-        var recipeArg = new Argument<FileInfo?>("RECIPE") { Description = "Recipe YAML file", Arity = ArgumentArity.ZeroOrOne };
+        var recipeArg = new Argument<FileInfo?>("RECIPE") { Description = "Recipe: YAML, or sd-mecha .mecha", Arity = ArgumentArity.ZeroOrOne };
         var output = new Option<FileInfo?>("--output", "-o") { Description = "Output file (overrides the recipe's output.path)" };
         var threads = new Option<int>("--threads", "-j") { Description = "Worker threads", DefaultValueFactory = _ => Environment.ProcessorCount };
         var dryRun = new Option<bool>("--dry-run") { Description = "Print the plan (components, models, keys filled from the base, sizes) and stop" };
         var fromMetadata = new Option<FileInfo?>("--from-metadata") { Description = "Replay the recipe stored in a merged file's metadata (needs -o)" };
         var shardMb = new Option<int>("--shard-mb") { Description = "Most input megabytes per shard (does not change the output)", DefaultValueFactory = _ => 256 };
         var noHash = new Option<bool>("--no-hash") { Description = "Do not hash inputs into the output metadata (the merge can then not be verified on replay)" };
+        var dtype = new Option<string?>("--dtype") { Description = "Output dtype f16, bf16, f32 or f64, overriding the recipe's (a .mecha recipe names none: f16)" };
 
         var command = new Command("merge", "Merge checkpoints component by component as a recipe says, exactly (float64 sums, rounded once)")
         {
-            recipeArg, output, threads, dryRun, fromMetadata, shardMb, noHash,
+            recipeArg, output, threads, dryRun, fromMetadata, shardMb, noHash, dtype,
         };
         command.SetAction(async (parse, ct) =>
         {
-            var recipe = LoadRecipe(parse.GetValue(recipeArg), parse.GetValue(fromMetadata), parse.GetValue(output));
+            var recipe = LoadRecipe(parse.GetValue(recipeArg), parse.GetValue(fromMetadata), parse.GetValue(output), out DType? outDType);
+            if (parse.GetValue(dtype) is { } dtypeName)
+            {
+                if (!DTypes.TryParseUser(dtypeName, out var d) || d is not (DType.F16 or DType.BF16 or DType.F32 or DType.F64))
+                    throw new MergeException($"unknown output dtype '{dtypeName}' (expected f16, bf16, f32 or f64)");
+                recipe = recipe.WithOutputDType(d);
+                outDType = d;
+            }
             string? outPath = parse.GetValue(output)?.FullName;
             int t = Math.Max(1, parse.GetValue(threads));
             if (parse.GetValue(dryRun))
             {
                 var probe = Planner.Create(recipe, new PlanOptions { OutputPath = outPath });
-                PrintPlan(Planner.Create(recipe, new PlanOptions { OutputPath = outPath, ShardBytes = LocalMerge.ShardBytesFor(probe.InputBytes, t, (long)parse.GetValue(shardMb) << 20) }));
+                PrintPlan(Planner.Create(recipe, new PlanOptions { OutputPath = outPath, OutputDType = outDType, ShardBytes = LocalMerge.ShardBytesFor(probe.InputBytes, t, (long)parse.GetValue(shardMb) << 20) }));
                 return 0;
             }
-            var plan = Planner.Create(recipe, new PlanOptions { OutputPath = outPath });
+            var plan = Planner.Create(recipe, new PlanOptions { OutputPath = outPath, OutputDType = outDType });
             if (parse.GetValue(fromMetadata) is { } source) VerifyInputs(source.FullName, plan, t);
 
             var options = new LocalMergeOptions
@@ -47,6 +55,7 @@ public static class MergeCommand
                 OutputPath = outPath,
                 ShardBytes = (long)parse.GetValue(shardMb) << 20,
                 HashInputs = !parse.GetValue(noHash),
+                DType = outDType,
                 InputBytes = plan.InputBytes,
             };
             var progress = new MergeProgress();
@@ -60,8 +69,9 @@ public static class MergeCommand
     }
 
 
-    private static Recipe LoadRecipe(FileInfo? recipeFile, FileInfo? fromMetadata, FileInfo? output)
+    private static Recipe LoadRecipe(FileInfo? recipeFile, FileInfo? fromMetadata, FileInfo? output, out DType? dtype)
     {
+        dtype = null;
         if (fromMetadata is not null)
         {
             if (recipeFile is not null) throw new MergeException("give either RECIPE or --from-metadata, not both");
@@ -69,7 +79,11 @@ public static class MergeCommand
             var header = SafetensorsFile.ReadHeader(fromMetadata.FullName, out _);
             if (!header.Metadata.TryGetValue(MergeMetadata.Recipe, out string? text) || !header.Metadata.TryGetValue(MergeMetadata.RecipeDirectory, out string? dir))
                 throw new MergeException($"{fromMetadata.FullName}: no MergeCluster recipe in its metadata (was it made by mergecluster merge?)");
-            return Recipe.Parse(text, dir, $"{fromMetadata.FullName} (recipe in metadata)");
+            var replayed = Recipe.Parse(text, dir, $"{fromMetadata.FullName} (recipe in metadata)");
+            // A dtype chosen on the command line is not in the recipe text; the metadata carries it.
+            if (!header.Metadata.TryGetValue(MergeMetadata.OutputDType, out string? d) || !DTypes.TryParseUser(d, out var dt)) return replayed;
+            dtype = dt;
+            return replayed.WithOutputDType(dt);
         }
         if (recipeFile is null) throw new MergeException("merge needs a RECIPE file (or --from-metadata FILE -o OUT)");
         return Recipe.Load(recipeFile.FullName);

@@ -5,6 +5,7 @@ using MergeCluster.Engine.Execution;
 using MergeCluster.Engine.Telemetry;
 using MergeCluster.Merge;
 using MergeCluster.Merge.Recipes;
+using MergeCluster.Safetensors;
 
 namespace MergeCluster.Cli.Commands;
 
@@ -18,6 +19,8 @@ public static class SubmitCommand
         var wait = new Option<bool>("--wait") { Description = "show progress until the job ends; exit non-zero unless it succeeded" };
         var shardMb = new Option<int>("--shard-mb") { Description = "input megabytes per shard (does not change the output)", DefaultValueFactory = _ => 256 };
         var noHash = new Option<bool>("--no-hash") { Description = "do not hash inputs into the output metadata" };
+        var output = new Option<FileInfo?>("--output", "-o") { Description = "output file as the silos see it, overriding the recipe's (a .mecha recipe names none)" };
+        var dtype = new Option<string?>("--dtype") { Description = "output dtype f16, bf16, f32 or f64, overriding the recipe's" };
         var shape = new Option<TaskShape>("--shape")
         {
             Description = "tasks per shard: fused (one task), tree (leaf, reduce and final tasks), or auto: tree only when no silo holds every model",
@@ -30,6 +33,8 @@ public static class SubmitCommand
         command.Options.Add(shardMb);
         command.Options.Add(noHash);
         command.Options.Add(shape);
+        command.Options.Add(output);
+        command.Options.Add(dtype);
         command.SetAction(async (parse, ct) =>
         {
             var file = parse.GetValue(recipe)!;
@@ -40,7 +45,16 @@ public static class SubmitCommand
             var text = await File.ReadAllTextAsync(file.FullName, ct);
             // Mistakes in the recipe itself fail here, with their line; paths are checked by the silos against their data roots.
             _ = Recipe.Parse(text, file.DirectoryName!, file.FullName);
-            var options = new MergeJobOptions { Shape = parse.GetValue(shape), ShardBytes = Math.Max(1, parse.GetValue(shardMb)) * (1L << 20), HashInputs = !parse.GetValue(noHash) };
+            if (parse.GetValue(dtype) is { } name && !(DTypes.TryParseUser(name, out var d) && d is DType.F16 or DType.BF16 or DType.F32 or DType.F64))
+                throw new MergeException($"unknown output dtype '{name}' (expected f16, bf16, f32 or f64)");
+            var options = new MergeJobOptions
+            {
+                Shape = parse.GetValue(shape),
+                ShardBytes = Math.Max(1, parse.GetValue(shardMb)) * (1L << 20),
+                HashInputs = !parse.GetValue(noHash),
+                Output = parse.GetValue(output)?.FullName,
+                DType = parse.GetValue(dtype),
+            };
 
             await using var connection = await connecting;
             long id;

@@ -11,8 +11,9 @@ public static class JobSettingsExtensions
         ShardBytes = settings.ShardBytes,
         HashInputs = settings.HashInputs,
         Output = settings.Output,
+        DType = settings.DType,
     };
 
     public static JobSettings ToSettings(this MergeJobOptions options) =>
-        new(options.Shape.ToString(), options.ShardBytes, options.HashInputs, options.Output);
+        new(options.Shape.ToString(), options.ShardBytes, options.HashInputs, options.Output, options.DType);
 }

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using MergeCluster.Engine.Telemetry;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Planning;
+using MergeCluster.Safetensors;
 
 namespace MergeCluster.Engine.Execution;
 
@@ -12,6 +13,8 @@ public sealed record LocalMergeOptions
     /// <summary>Upper bound of input bytes per shard; small merges use smaller shards so every thread has work.</summary>
     public long ShardBytes { get; init; } = 256L << 20;
     public string? OutputPath { get; init; }
+    /// <summary>Output dtype overriding the recipe's.</summary>
+    public DType? DType { get; init; }
     public bool HashInputs { get; init; } = true;
     public TaskShape Shape { get; init; } = TaskShape.Fused;
     /// <summary>Bytes the recipe reads, when the caller has planned it already; otherwise it is planned once more to size the shards.</summary>
@@ -27,13 +30,14 @@ public static class LocalMerge
 {
     public static async Task<string> RunAsync(Recipe recipe, LocalMergeOptions options, MergeProgress? progress, CancellationToken ct)
     {
-        long inputBytes = options.InputBytes ?? Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath }).InputBytes;
+        long inputBytes = options.InputBytes ?? Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath, OutputDType = options.DType }).InputBytes;
         var jobOptions = new MergeJobOptions
         {
             Shape = options.Shape == TaskShape.Auto ? TaskShape.Fused : options.Shape,
             ShardBytes = ShardBytesFor(inputBytes, options.Threads, options.ShardBytes),
             Output = options.OutputPath,
             HashInputs = options.HashInputs,
+            DType = options.DType?.Name(),
         };
         int threads = Math.Max(1, options.Threads);
         using var root = MergeTelemetry.StartJob(recipe.Source, out _);

@@ -31,6 +31,8 @@ public sealed record MergeJobOptions
     public string? Output { get; init; }
     /// <summary>Record input hashes in the output metadata (needed for replay checks).</summary>
     public bool HashInputs { get; init; } = true;
+    /// <summary>Output dtype overriding the recipe's (f16, bf16, f32, f64); a `.mecha` recipe names none.</summary>
+    public string? DType { get; init; }
 }
 
 /// <summary>Where a job's files go and how its paths are opened on this machine.</summary>
@@ -301,6 +303,8 @@ public sealed class MergeJob
             InputHashes = hashes,
             OutputPath = options.Output is null ? null : resolve is null ? Path.GetFullPath(options.Output) : resolve(Path.GetFullPath(options.Output)),
             ResolvePath = resolve is null ? null : p => resolve(Path.GetFullPath(Path.Combine(recipe.Directory, p))),
+            OutputDType = options.DType is null ? null
+                : DTypes.TryParseUser(options.DType, out var dtype) ? dtype : throw new MergeException($"{recipe.Source}: unknown output dtype '{options.DType}'"),
         };
     }
 
