@@ -9,6 +9,7 @@ foreach (var command in new[]
     InspectCommand.Create(),
     SynthCommand.Create(),
     MergeCommand.Create(),
+    DistanceCommand.Create(),
     RecipeCommand.Create(),
     SiloCommand.Create(roots => new MergeJobEngine(path => roots.Resolve(path), Environment.ProcessorCount)),
     SubmitCommand.Create(),
