@@ -10,6 +10,7 @@ foreach (var command in new[]
     SynthCommand.Create(),
     MergeCommand.Create(),
     DistanceCommand.Create(),
+    SweepCommand.Create(),
     RecipeCommand.Create(),
     SiloCommand.Create(roots => new MergeJobEngine(path => roots.Resolve(path), Environment.ProcessorCount)),
     SubmitCommand.Create(),
