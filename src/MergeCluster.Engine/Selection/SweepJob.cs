@@ -35,29 +35,18 @@ public sealed record SweepShard(int Index, int FirstKey, int KeyCount, long Inpu
 /// </summary>
 public sealed class SweepJob
 {
-    private SweepJob(Recipe recipe, SweepMode mode, Component component, ImmutableArray<SweepCandidate> candidates, ImmutableArray<MergeInput> inputs,
-        ImmutableArray<SweepKey> keys, ImmutableArray<SweepShard> shards, ImmutableArray<string> skipped)
-    {
-        Recipe = recipe;
-        Mode = mode;
-        Component = component;
-        Candidates = candidates;
-        Inputs = inputs;
-        Keys = keys;
-        Shards = shards;
-        Skipped = skipped;
-    }
+    private SweepJob() { }
 
-    public Recipe Recipe { get; }
-    public SweepMode Mode { get; }
-    public Component Component { get; }
-    public ImmutableArray<SweepCandidate> Candidates { get; }
+    public required Recipe Recipe { get; init; }
+    public required SweepMode Mode { get; init; }
+    public required Component Component { get; init; }
+    public required ImmutableArray<SweepCandidate> Candidates { get; init; }
     /// <summary>The recipe's models as every candidate sees them (index = place in `models:`); unused ones have length 0.</summary>
-    public ImmutableArray<MergeInput> Inputs { get; }
-    public ImmutableArray<SweepKey> Keys { get; }
-    public ImmutableArray<SweepShard> Shards { get; }
+    public required ImmutableArray<MergeInput> Inputs { get; init; }
+    public required ImmutableArray<SweepKey> Keys { get; init; }
+    public required ImmutableArray<SweepShard> Shards { get; init; }
     /// <summary>Models a swap leaves out because they hold none of the component's keys.</summary>
-    public ImmutableArray<string> Skipped { get; }
+    public required ImmutableArray<string> Skipped { get; init; }
 
     public long OutputBytes => Candidates.Sum(c => c.Plan.OutputBytes);
     public long InputBytes => Shards.Sum(s => s.InputBytes);
@@ -130,7 +119,11 @@ public sealed class SweepJob
         var built = candidates.MoveToImmutable();
         CheckRoom(outputDir, built);
         var keys = KeysOf(built);
-        return new SweepJob(recipe, mode, component, built, inputs, keys, Split(keys, threads, maxShardBytes), skipped);
+        return new SweepJob
+        {
+            Recipe = recipe, Mode = mode, Component = component, Candidates = built, Inputs = inputs,
+            Keys = keys, Shards = Split(keys, threads, maxShardBytes), Skipped = skipped,
+        };
     }
 
     /// <summary>The room check before any work: the candidates' total size against the free space of the output's file system.</summary>

@@ -25,6 +25,18 @@ public sealed record CliResult(string CommandLine, int ExitCode, string Stdout, 
 
     /// <summary>Stderr's non-empty lines.</summary>
     public string[] StderrLines => Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+
+    /// <summary>A failure as users must see it: non-zero exit, one `error:` line naming each of <paramref name="mentions"/>, no stack trace.</summary>
+    public void AssertOneLineError(params string[] mentions)
+    {
+        Assert.NotEqual(0, ExitCode);
+        // The first run of ./mergecluster may announce that it is building the CLI.
+        var lines = StderrLines.Where(l => !l.StartsWith("mergecluster: building")).ToArray();
+        Assert.True(lines.Length == 1, $"{CommandLine}: expected one line on stderr, got:\n{Stderr}");
+        Assert.StartsWith("error: ", lines[0]);
+        Assert.DoesNotContain("   at ", Stderr + Stdout);
+        foreach (string m in mentions) Assert.Contains(m, lines[0]);
+    }
 }
 
 /// <summary>
