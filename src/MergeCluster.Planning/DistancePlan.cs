@@ -44,7 +44,7 @@ public sealed record DistanceShard(int Index, int FirstKey, int KeyCount, long I
 /// </summary>
 public sealed class DistancePlan
 {
-    /// <summary>Input bytes per shard: fixed, because the order of the float64 sums follows the shards.</summary>
+    /// <summary>Input bytes per shard by default: fixed, because the order of the float64 sums follows the shards.</summary>
     public const long ShardBytes = 256L << 20;
 
     public required ImmutableArray<MergeInput> Models { get; init; }
@@ -80,7 +80,8 @@ public sealed class DistancePlan
     /// Reads every header (a pickle, a broken header or a model of another architecture is an error naming the file) and
     /// plans the comparison. <paramref name="components"/> null means every component of the architecture.
     /// </summary>
-    public static DistancePlan Create(IReadOnlyList<string> paths, string? basePath, IReadOnlyList<Component>? components, bool blocks)
+    /// <param name="shardBytes">Input bytes per shard; every machine that runs the job must use the same.</param>
+    public static DistancePlan Create(IReadOnlyList<string> paths, string? basePath, IReadOnlyList<Component>? components, bool blocks, long shardBytes = ShardBytes)
     {
         var ordered = new List<string>();
         if (basePath is not null) ordered.Add(Path.GetFullPath(basePath));
@@ -154,7 +155,7 @@ public sealed class DistancePlan
             Components = wanted,
             Blocks = blockNames,
             Keys = planned,
-            Shards = Split(planned),
+            Shards = Split(planned, shardBytes),
         };
     }
 
@@ -187,7 +188,7 @@ public sealed class DistancePlan
         return [.. classes.Select(c => c.ToImmutableArray())];
     }
 
-    private static ImmutableArray<DistanceShard> Split(ImmutableArray<DistanceKey> keys)
+    private static ImmutableArray<DistanceShard> Split(ImmutableArray<DistanceKey> keys, long shardBytes)
     {
         var shards = ImmutableArray.CreateBuilder<DistanceShard>();
         int first = 0;
@@ -195,7 +196,7 @@ public sealed class DistancePlan
         for (int i = 0; i < keys.Length; i++)
         {
             bytes += keys[i].InputBytes;
-            if (bytes >= ShardBytes || i == keys.Length - 1)
+            if (bytes >= shardBytes || i == keys.Length - 1)
             {
                 shards.Add(new DistanceShard(shards.Count, first, i - first + 1, bytes));
                 first = i + 1;

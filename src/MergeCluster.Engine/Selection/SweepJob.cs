@@ -98,6 +98,8 @@ public sealed class SweepJob
             parsed.Add((variant.Model, candidate, plan));
         }
 
+        // Room first, before the inputs are hashed (which reads them): the hashes only lengthen each header a little.
+        CheckRoom(outputDir, parsed.Count, parsed.Sum(p => p.Plan.OutputBytes + HashesBytes(p.Plan)));
         var inputs = Union(parsed.Select(p => p.Plan).ToList());
         var hashes = hashInputs ? InputHashes.Compute(inputs, threads) : null;
         var candidates = ImmutableArray.CreateBuilder<SweepCandidate>(parsed.Count);
@@ -117,7 +119,7 @@ public sealed class SweepJob
         }
 
         var built = candidates.MoveToImmutable();
-        CheckRoom(outputDir, built);
+        CheckRoom(outputDir, built.Length, built.Sum(c => c.Plan.OutputBytes));
         var keys = KeysOf(built);
         return new SweepJob
         {
@@ -127,14 +129,16 @@ public sealed class SweepJob
     }
 
     /// <summary>The room check before any work: the candidates' total size against the free space of the output's file system.</summary>
-    private static void CheckRoom(string dir, ImmutableArray<SweepCandidate> candidates)
+    private static void CheckRoom(string dir, int candidates, long needed)
     {
         Directory.CreateDirectory(dir);
-        long needed = candidates.Sum(c => c.Plan.OutputBytes);
         long free = new DriveInfo(Path.GetFullPath(dir)).AvailableFreeSpace;
         if (needed > free)
-            throw new MergeException($"{Path.GetFullPath(dir)}: not enough disk space for {candidates.Length} candidates: {needed} bytes needed, {free} available");
+            throw new MergeException($"{Path.GetFullPath(dir)}: not enough disk space for {candidates} candidates: {needed} bytes needed, {free} available");
     }
+
+    /// <summary>An upper bound of what the input hashes add to a candidate's header (`"name": "autov2hash"` per input, JSON-escaped).</summary>
+    private static long HashesBytes(MergePlan plan) => 8 + plan.Inputs.Where(i => i.Length > 0).Sum(i => 12L * i.Name.Length + 64);
 
     /// <summary>The inputs every candidate sees: the same list, each open where any candidate reads it.</summary>
     private static ImmutableArray<MergeInput> Union(IReadOnlyList<MergePlan> plans)
