@@ -91,6 +91,7 @@ public static class DistancePlots
             _ = point;
         }
         plot.Axes.Margins(0.15, 0.15);
+        plot.Axes.SquareUnits(); // distances on the map read the same in every direction
         plot.Axes.Left.Label.Text = "MDS 2";
         plot.Axes.Bottom.Label.Text = "MDS 1";
         plot.Title($"{m.Name}: map of the models (classical MDS of L2 distances); red: far from the rest");
