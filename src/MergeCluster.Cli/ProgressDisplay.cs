@@ -8,7 +8,8 @@ namespace MergeCluster.Cli;
 /// <summary>A live bar with bytes/s, ETA and component on a terminal; plain periodic lines when output is redirected.</summary>
 public static class ProgressDisplay
 {
-    public static async Task RunAsync(MergeProgress progress, long totalBytes, Func<Task> work, CancellationToken ct)
+    /// <param name="verb">What the work is called on the bar and in the plain lines: merge, distance, sweep.</param>
+    public static async Task RunAsync(MergeProgress progress, long totalBytes, Func<Task> work, CancellationToken ct, string verb = "merge")
     {
         if (!Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive)
         {
@@ -17,12 +18,12 @@ public static class ProgressDisplay
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
                 .StartAsync(async ctx =>
                 {
-                    var task = ctx.AddTask("merging", maxValue: Math.Max(totalBytes, 1));
+                    var task = ctx.AddTask(verb, maxValue: Math.Max(totalBytes, 1));
                     var running = work();
                     while (!running.IsCompleted)
                     {
                         await Task.WhenAny(running, Task.Delay(200, CancellationToken.None));
-                        task.Description = $"merging {progress.Component.Name()}";
+                        task.Description = $"{verb} {progress.Component.Name()}";
                         task.Value = Math.Min(progress.InputBytes, totalBytes);
                     }
                     await running;
@@ -40,7 +41,7 @@ public static class ProgressDisplay
             long done = progress.InputBytes;
             double rate = done / Math.Max(clock.Elapsed.TotalSeconds, 1e-9);
             string eta = rate > 0 ? TimeSpan.FromSeconds((totalBytes - done) / rate).ToString(@"h\:mm\:ss") : "?";
-            Console.Error.WriteLine($"merge: {Units.Bytes(done)} / {Units.Bytes(totalBytes)} read ({100.0 * done / Math.Max(totalBytes, 1):F0}%), {Units.Bytes((long)rate)}/s, ETA {eta}, {progress.Component.Name()}");
+            Console.Error.WriteLine($"{verb}: {Units.Bytes(done)} / {Units.Bytes(totalBytes)} read ({100.0 * done / Math.Max(totalBytes, 1):F0}%), {Units.Bytes((long)rate)}/s, ETA {eta}, {progress.Component.Name()}");
         }
         await job;
     }

@@ -21,6 +21,8 @@ public sealed record PlanOptions
     public Func<string, string>? ResolvePath { get; init; }
     /// <summary>Overrides the recipe's output dtype (recorded in the metadata, so a replay rounds the same way).</summary>
     public DType? OutputDType { get; init; }
+    /// <summary>Reads an input's header (and the file's length); a sweep plans many candidates over the same files and reads each header once.</summary>
+    public Func<string, (SafetensorsHeader Header, long Length)>? ReadHeader { get; init; }
 }
 
 /// <summary>Turns a recipe and the headers of its inputs into a <see cref="MergePlan"/>, checking everything before any heavy work.</summary>
@@ -114,7 +116,7 @@ public static class Planner
             }
             if (!File.Exists(path))
                 throw new MergeException($"{recipe.Source}:{model.Line}: model '{model.Name}': {path}: file not found");
-            var header = SafetensorsFile.ReadHeader(path, out long length);
+            var (header, length) = options.ReadHeader is { } read ? read(path) : (SafetensorsFile.ReadHeader(path, out long l), l);
             inputs.Add(new MergeInput(i, model.Name, path, header, length));
         }
         return inputs.MoveToImmutable();

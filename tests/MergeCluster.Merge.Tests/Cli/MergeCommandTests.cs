@@ -30,11 +30,7 @@ public class MergeCommandTests : IDisposable
 
     private CliResult Run(params string[] args) => Support.Cli.Run(args, _dir.Path, _env);
 
-    private static void AssertOneLineError(CliResult r, params string[] mentions)
-    {
-        string line = r.SingleErrorLine();
-        foreach (string m in mentions) Assert.Contains(m, line);
-    }
+    private static void AssertOneLineError(CliResult r, params string[] mentions) => r.AssertOneLineError(mentions);
 
     [Fact]
     public void Merge_writes_the_output_with_replayable_metadata_and_replay_is_bit_identical()
