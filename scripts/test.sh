@@ -50,5 +50,10 @@ status=${PIPESTATUS[0]}
 
 # One summary line over all test projects, in the "N passed, N failed" form CI reads.
 count() { grep -oE "^ +$1: +[0-9]+" .build/test.log | awk '{s+=$2} END {print s+0}'; }
+# CI shows the end of the output: each failed test again there, with its message (the first 30 lines of it).
+if grep -qE '^ +Failed [A-Za-z]' .build/test.log; then
+  echo "--- failed tests ---"
+  awk '/^ +Failed [A-Za-z]/ {n=30} /^ +(Passed|Skipped) [A-Za-z]/ {n=0} n > 0 {print; n--}' .build/test.log
+fi
 echo "tests: $(count Passed) passed, $(count Failed) failed, $(count Skipped) skipped"
 exit "$status"
