@@ -12,7 +12,7 @@ namespace MergeCluster.Cli.Commands;
 /// <summary>`mergecluster silo`: an Orleans silo of the cluster; SIGTERM or Ctrl-C drains it, a second signal stops it at once.</summary>
 public static class SiloCommand
 {
-    public const string NameVariable = "MERGECLUSTER_SILO_NAME", AdvertisedIpVariable = "POD_IP";
+    public const string CommandName = "silo", NameVariable = "MERGECLUSTER_SILO_NAME", AdvertisedIpVariable = "POD_IP";
 
     public static Command Create()
     {
@@ -30,7 +30,7 @@ public static class SiloCommand
         var gatewayPort = new Option<int>("--gateway-port") { Description = "Orleans client gateway port", DefaultValueFactory = _ => 30000 };
         var advertised = new Option<string?>("--advertised-ip") { Description = $"the IP other silos and clients reach this silo on (default: ${AdvertisedIpVariable}, else the first non-loopback address, else 127.0.0.1)", HelpName = "IP" };
 
-        var command = new Command("silo", "run an Orleans silo of the cluster: hosts job and shard grains, runs tasks, drains on SIGTERM");
+        var command = new Command(CommandName, "run an Orleans silo of the cluster: hosts job and shard grains, runs tasks, drains on SIGTERM");
         cluster.AddTo(command);
         foreach (var option in new Option[] { name, threads, roots, siloPort, gatewayPort, advertised }) command.Options.Add(option);
         command.SetAction(async (parse, _) =>
