@@ -4,7 +4,6 @@ using System.Runtime.InteropServices;
 using MergeCluster.Cluster;
 using MergeCluster.Cluster.Silo;
 using MergeCluster.Merge;
-using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 
@@ -83,7 +82,7 @@ public static class SiloCommand
             {
                 await host.StartAsync(CancellationToken.None);
             }
-            catch (IOException e) when (e.InnerException is AddressInUseException)
+            catch (Exception e) when (SiloHttp.IsPortInUse(e))
             {
                 // Kestrel binds before the silo starts, so nothing of Orleans ran yet.
                 throw new MergeException($"silo {settings.Name}: --http-port {settings.HttpPort}: {ErrorText.Innermost(e).ToLowerInvariant()}");

@@ -9,7 +9,6 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Console;
 using Microsoft.Extensions.Options;
 using Orleans.Configuration;
-using Orleans.Dashboard;
 using Orleans.Runtime.MembershipService.SiloMetadata;
 using Orleans.Storage;
 
@@ -60,13 +59,14 @@ public static class SiloHost
         var identity = new SiloIdentity(name, settings.Threads, roots, SiloIdentity.ScanModels(roots));
         var advertised = settings.AdvertisedIp ?? DefaultAdvertisedIp();
 
-        // Without an HTTP port no web host is built, so nothing of Kestrel loads.
-        var web = settings.HttpPort is { } port ? SiloHttp.CreateBuilder(port) : null;
-        IHostApplicationBuilder builder = web is not null ? web : Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
-        ConfigureLogging(builder.Logging);
-        // Kubernetes' terminationGracePeriodSeconds defaults to 30 s: a drain of up to ShardGrain.DrainGrace fits in it.
-        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(28));
-        builder.AddClusterTelemetry(name, prometheus: web is not null);
+        void Configure(IHostApplicationBuilder builder)
+        {
+            ConfigureLogging(builder.Logging);
+            // Kubernetes' terminationGracePeriodSeconds defaults to 30 s: a drain of up to ShardGrain.DrainGrace fits in it.
+            builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(28));
+            builder.AddClusterTelemetry(name, prometheus: settings.HttpPort is not null);
+            configure?.Invoke(builder);
+        }
         void AddSilo(IServiceCollection services) => services.AddOrleans(silo =>
         {
             silo.Configure<ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (settings.ClusterId, settings.ServiceId));
@@ -74,21 +74,15 @@ public static class SiloHost
             silo.ConfigureEndpoints(advertised, settings.SiloPort, settings.GatewayPort, listenOnAnyHostAddress: true);
             silo.UseAzureStorageClustering(o => o.TableServiceClient = settings.Storage.Tables());
             AddMergeCluster(silo, settings.Storage, identity);
-            // The log stream stays off: it would show every silo log line to anyone who can reach the port.
-            if (settings.Dashboard) silo.AddDashboard(o => o.HideTrace = true);
+            if (settings.Dashboard) SiloHttp.AddDashboard(silo);
         });
-        if (web is null)
-        {
-            AddSilo(builder.Services);
-        }
-        else
-        {
-            // Container callbacks run after the web host's own hosted service is registered, so the silo starts after
-            // Kestrel and stops before it: /healthz answers while the silo joins, /readyz says 503 while it drains.
-            web.Host.ConfigureContainer<IServiceCollection>((_, services) => AddSilo(services));
-        }
-        configure?.Invoke(builder);
-        return web is null ? ((HostApplicationBuilder)builder).Build() : SiloHttp.Map(web.Build(), settings.Dashboard);
+
+        // ASP.NET Core is referenced from SiloHttp only: without an HTTP port none of it loads.
+        if (settings.HttpPort is { } port) return SiloHttp.Build(port, settings.Dashboard, Configure, AddSilo);
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        Configure(builder);
+        AddSilo(builder.Services);
+        return builder.Build();
     }
 
     /// <summary>

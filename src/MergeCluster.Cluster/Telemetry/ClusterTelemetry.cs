@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using System.Runtime.CompilerServices;
 using MergeCluster.Cluster.Grains;
 using MergeCluster.Cluster.Silo;
 using MergeCluster.Engine.Telemetry;
@@ -81,10 +82,14 @@ public static class ClusterTelemetry
             {
                 m.AddMeter(MergeTelemetry.Name, OrleansMeter);
                 if (metrics) m.AddOtlpExporter();
-                if (prometheus) m.AddPrometheusExporter();
+                if (prometheus) AddPrometheus(m);
             });
         }
     }
+
+    /// <summary>Its own method, so that the exporter's assembly (and ASP.NET Core with it) loads only when it is used.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void AddPrometheus(MeterProviderBuilder metrics) => metrics.AddPrometheusExporter();
 
     /// <summary>The silo's gauges on the "MergeCluster" meter; see docs/cluster.md for what each counts.</summary>
     internal static void AddSiloGauges(this IServiceCollection services) =>
