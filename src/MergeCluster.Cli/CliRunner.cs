@@ -1,4 +1,5 @@
 using System.CommandLine;
+using MergeCluster.Cli.Commands;
 using MergeCluster.Merge;
 using MergeCluster.Safetensors;
 
@@ -16,10 +17,16 @@ public static class CliRunner
     {
         using var cts = new CancellationTokenSource();
         Console.CancelKeyPress += (_, e) => { e.Cancel = true; cts.Cancel(); };
-        var config = new InvocationConfiguration { EnableDefaultExceptionHandler = false };
         try
         {
             var parse = root.Parse(args);
+            var config = new InvocationConfiguration
+            {
+                EnableDefaultExceptionHandler = false,
+                // System.CommandLine ends the process two seconds after SIGTERM; a silo's drain takes as long as its
+                // running tasks do (SiloCommand handles the signals itself).
+                ProcessTerminationTimeout = parse.CommandResult.Command.Name == SiloCommand.CommandName ? null : TimeSpan.FromSeconds(2),
+            };
             return await parse.InvokeAsync(config, cts.Token);
         }
         catch (Exception e) when (Describe(e) is { } line)

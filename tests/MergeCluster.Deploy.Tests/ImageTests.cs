@@ -11,7 +11,7 @@ namespace MergeCluster.Deploy.Tests;
 /// </summary>
 public class ImageTests
 {
-    private static readonly Dockerfile Image = Dockerfile.Load(Tool.RepoPath("deploy/Dockerfile"));
+    private static Dockerfile Image => PublishedImage.Dockerfile;
 
     [Fact]
     public void ImageRunsAsThePodsNonRootUser()
@@ -72,47 +72,22 @@ public class ImageTests
     public void PublishedCliMergesAsTheImageUserOnAReadOnlyRoot()
     {
         using var work = new TempTree();
-        string app = work.Path("app"), tmp = work.Path("tmp"), data = work.Path("data");
-        Tool.Run(Tool.RepoPath("deploy/publish.sh"), [app], environment: new Dictionary<string, string> { ["MERGECLUSTER_PUBLISH_ARTIFACTS"] = work.Path("artifacts") },
-            timeout: TimeSpan.FromMinutes(10)).Success();
+        string app = PublishedImage.App, tmp = work.Path("tmp"), data = work.Path("data");
         Assert.True(File.Exists(Path.Combine(app, "mergecluster")), "publish made no self-contained executable");
         Assert.False(File.Exists(Path.Combine(app, "mergecluster.runtimeconfig.json")) && !File.Exists(Path.Combine(app, "libcoreclr.so")),
             "the publish is framework-dependent: the image has no .NET runtime");
         Directory.CreateDirectory(tmp);
         Directory.CreateDirectory(data);
+        var sandbox = new PodSandbox().Mount(tmp, "/tmp").Mount(data, "/data");
 
-        Assert.Contains("merge", Sandboxed(app, tmp, data, ["--help"]).Success());
-        string demo = Sandboxed(app, tmp, data, ["demo", "--dir", "/data/demo"]).Success();
+        Assert.Contains("merge", sandbox.Run(["--help"]).Success());
+        string demo = sandbox.Run(["demo", "--dir", "/data/demo"]).Success();
         Assert.Contains("bit-identical", demo);
         Assert.True(File.Exists(Path.Combine(data, "demo", "mix.safetensors")));
         // The input hashes were cached where the image's MERGECLUSTER_CACHE points, on the pod's /tmp volume.
         string cache = Image.Environment()["MERGECLUSTER_CACHE"];
         Assert.StartsWith("/tmp/", cache);
         Assert.True(File.Exists(Path.Combine(tmp, cache["/tmp/".Length..], "hashes.tsv")), $"no hash cache under {cache}");
-    }
-
-    /// <summary>
-    /// Runs /app/mergecluster as the image's user in a new root: the host's /usr and /etc read-only (standing in for
-    /// the base image's), the published app read-only at /app, writable /tmp and /data as the pod mounts them, the
-    /// root remounted read-only, and only the image's environment.
-    /// </summary>
-    private static ToolResult Sandboxed(string app, string tmp, string data, IEnumerable<string> args)
-    {
-        string bwrap = File.Exists("/usr/bin/bwrap") ? "/usr/bin/bwrap"
-            : throw new InvalidOperationException("bubblewrap is missing: apt-get install bubblewrap (scripts/test.sh does)");
-        var ids = Image.Single("USER").Split(':');
-        var sandbox = new List<string>
-        {
-            "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin",
-            "--ro-bind", "/etc", "/etc", "--ro-bind", app, "/app", "--bind", tmp, "/tmp", "--bind", data, "/data",
-            "--dev", "/dev", "--proc", "/proc", "--remount-ro", "/",
-            "--unshare-user", "--uid", ids[0], "--gid", ids.Length > 1 ? ids[1] : ids[0], "--unshare-pid", "--die-with-parent",
-            "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--chdir", Image.Single("WORKDIR"),
-        };
-        foreach (var (key, value) in Image.Environment()) sandbox.AddRange(["--setenv", key, value]);
-        sandbox.Add("/app/mergecluster");
-        sandbox.AddRange(args);
-        return Tool.Run(bwrap, sandbox, timeout: TimeSpan.FromMinutes(5));
     }
 
     private static bool UsesImage(JsonObject podSpec) =>

@@ -12,7 +12,7 @@ namespace MergeCluster.Cli.Commands;
 /// <summary>`mergecluster silo`: an Orleans silo of the cluster; SIGTERM or Ctrl-C drains it, a second signal stops it at once.</summary>
 public static class SiloCommand
 {
-    public const string NameVariable = "MERGECLUSTER_SILO_NAME", AdvertisedIpVariable = "POD_IP";
+    public const string CommandName = "silo", NameVariable = "MERGECLUSTER_SILO_NAME", AdvertisedIpVariable = "POD_IP";
 
     public static Command Create()
     {
@@ -30,9 +30,16 @@ public static class SiloCommand
         var gatewayPort = new Option<int>("--gateway-port") { Description = "Orleans client gateway port", DefaultValueFactory = _ => 30000 };
         var advertised = new Option<string?>("--advertised-ip") { Description = $"the IP other silos and clients reach this silo on (default: ${AdvertisedIpVariable}, else the first non-loopback address, else 127.0.0.1)", HelpName = "IP" };
 
-        var command = new Command("silo", "run an Orleans silo of the cluster: hosts job and shard grains, runs tasks, drains on SIGTERM");
+        var httpPort = new Option<int?>("--http-port")
+        {
+            Description = "serve /healthz (alive), /readyz (joined and taking work) and /metrics (Prometheus) on this port (default: no HTTP listener)",
+            HelpName = "P",
+        };
+        var dashboard = new Option<bool>("--dashboard") { Description = "also serve the Orleans Dashboard under /dashboard/ on the --http-port" };
+
+        var command = new Command(CommandName, "run an Orleans silo of the cluster: hosts job and shard grains, runs tasks, drains on SIGTERM");
         cluster.AddTo(command);
-        foreach (var option in new Option[] { name, threads, roots, siloPort, gatewayPort, advertised }) command.Options.Add(option);
+        foreach (var option in new Option[] { name, threads, roots, siloPort, gatewayPort, advertised, httpPort, dashboard }) command.Options.Add(option);
         command.SetAction(async (parse, _) =>
         {
             var client = cluster.Resolve(parse);
@@ -50,6 +57,8 @@ public static class SiloCommand
                 SiloPort = parse.GetValue(siloPort),
                 GatewayPort = parse.GetValue(gatewayPort),
                 AdvertisedIp = ip,
+                HttpPort = parse.GetValue(httpPort),
+                Dashboard = parse.GetValue(dashboard),
             };
             using var host = SiloHost.Build(settings, b => b.Services.AddSingleton<IHostLifetime, SignalLifetime>());
             var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
@@ -72,6 +81,11 @@ public static class SiloCommand
             try
             {
                 await host.StartAsync(CancellationToken.None);
+            }
+            catch (Exception e) when (SiloHttp.IsPortInUse(e))
+            {
+                // Kestrel binds before the silo starts, so nothing of Orleans ran yet.
+                throw new MergeException($"silo {settings.Name}: --http-port {settings.HttpPort}: {ErrorText.Innermost(e).ToLowerInvariant()}");
             }
             catch (Exception e) when (e is not MergeException)
             {

@@ -26,6 +26,10 @@ public sealed record SiloSettings
     public string ClusterId { get; init; } = ClusterNames.DefaultClusterId;
     public string ServiceId { get; init; } = ClusterNames.DefaultServiceId;
     public IPAddress? AdvertisedIp { get; init; }
+    /// <summary>Kestrel's port for /healthz, /readyz and /metrics; null: no HTTP listener at all.</summary>
+    public int? HttpPort { get; init; }
+    /// <summary>The Orleans Dashboard under /dashboard/ on <see cref="HttpPort"/>.</summary>
+    public bool Dashboard { get; init; }
 }
 
 /// <summary>The defaults the silo and its clients share.</summary>
@@ -36,38 +40,48 @@ public static class ClusterNames
 
 /// <summary>
 /// The silo process: the Generic Host with Orleans on Azure Storage (Table clustering and reminders, Blob grain
-/// state), the cluster's grains and silo services, OpenTelemetry and console logging. Thin on purpose: the work is in
-/// the grains; an HTTP endpoint (health, readiness from <see cref="SiloReadiness"/>, metrics) can be added to the
-/// same builder.
+/// state), the cluster's grains and silo services, OpenTelemetry and console logging, and with an HTTP port the
+/// endpoint of <see cref="SiloHttp"/> on the same host. Thin on purpose: the work is in the grains.
 /// </summary>
 public static class SiloHost
 {
     /// <summary>The grain storage provider's name; its blob container is named after the service id.</summary>
     public const string StorageName = "mergecluster";
 
-    /// <summary>Builds the host; <paramref name="configure"/> may add to it (Kestrel, for instance) before it is built.</summary>
-    public static IHost Build(SiloSettings settings, Action<HostApplicationBuilder>? configure = null)
+    /// <summary>Builds the host; <paramref name="configure"/> may add to it before it is built.</summary>
+    public static IHost Build(SiloSettings settings, Action<IHostApplicationBuilder>? configure = null)
     {
         var roots = new DataRoots(settings.DataRoots);
         if (settings.Threads < 1) throw new Merge.MergeException("--threads: a silo needs at least one task slot");
+        if (settings.HttpPort is { } p && p is < 1 or > 65535) throw new Merge.MergeException($"--http-port: {p} is not a TCP port (1-65535)");
+        if (settings.Dashboard && settings.HttpPort is null) throw new Merge.MergeException("--dashboard: the dashboard is served on the HTTP port; add --http-port");
         var name = string.IsNullOrWhiteSpace(settings.Name) ? $"{Environment.MachineName}-{Environment.ProcessId}" : settings.Name;
         var identity = new SiloIdentity(name, settings.Threads, roots, SiloIdentity.ScanModels(roots));
         var advertised = settings.AdvertisedIp ?? DefaultAdvertisedIp();
 
-        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
-        ConfigureLogging(builder.Logging);
-        // Kubernetes' terminationGracePeriodSeconds defaults to 30 s: a drain of up to ShardGrain.DrainGrace fits in it.
-        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(28));
-        builder.AddClusterTelemetry(name);
-        builder.UseOrleans(silo =>
+        void Configure(IHostApplicationBuilder builder)
+        {
+            ConfigureLogging(builder.Logging);
+            // Kubernetes' terminationGracePeriodSeconds defaults to 30 s: a drain of up to ShardGrain.DrainGrace fits in it.
+            builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(28));
+            builder.AddClusterTelemetry(name, prometheus: settings.HttpPort is not null);
+            configure?.Invoke(builder);
+        }
+        void AddSilo(IServiceCollection services) => services.AddOrleans(silo =>
         {
             silo.Configure<ClusterOptions>(o => (o.ClusterId, o.ServiceId) = (settings.ClusterId, settings.ServiceId));
             silo.Configure<SiloOptions>(o => o.SiloName = name);
             silo.ConfigureEndpoints(advertised, settings.SiloPort, settings.GatewayPort, listenOnAnyHostAddress: true);
             silo.UseAzureStorageClustering(o => o.TableServiceClient = settings.Storage.Tables());
             AddMergeCluster(silo, settings.Storage, identity);
+            if (settings.Dashboard) SiloHttp.AddDashboard(silo);
         });
-        configure?.Invoke(builder);
+
+        // ASP.NET Core is referenced from SiloHttp only: without an HTTP port none of it loads.
+        if (settings.HttpPort is { } port) return SiloHttp.Build(port, settings.Dashboard, Configure, AddSilo);
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        Configure(builder);
+        AddSilo(builder.Services);
         return builder.Build();
     }
 
@@ -118,6 +132,8 @@ public static class SiloHost
         // Startup notes (no server GC, a watchdog that measured the JIT) that are no fault of a silo.
         logging.AddFilter("Orleans.Runtime.Silo", LogLevel.Error);
         logging.AddFilter("Orleans.Runtime.Watchdog", LogLevel.Error);
+        // A probe that finds the silo joining or draining is not an error; SiloReadiness logs those changes once.
+        logging.AddFilter("Microsoft.Extensions.Diagnostics.HealthChecks", LogLevel.None);
     }
 
     /// <summary>The first up IPv4 address that is not loopback, else 127.0.0.1 (the contract's default).</summary>

@@ -90,15 +90,19 @@ public sealed class TaskSlots(int threads)
 }
 
 /// <summary>
-/// Whether this silo has joined the cluster and takes work: what the log line tests wait for says, and what an HTTP
-/// readiness probe and the gauges read.
+/// Whether this silo has joined the cluster and takes work: what the log line tests wait for says, and what the
+/// HTTP readiness probe (/readyz) and the gauges read. Ready from the last stage of the silo's start (it is an
+/// active member) until the first stage of its stop (the drain).
 /// </summary>
 public sealed partial class SiloReadiness(SiloIdentity identity, StorageConnection storage, ILocalSiloDetails local, ILogger<SiloReadiness> log)
     : ILifecycleParticipant<ISiloLifecycle>
 {
-    private volatile bool _ready;
+    private volatile bool _ready, _draining;
 
     public bool IsReady => _ready;
+
+    /// <summary>"joining", "ready" or "draining", for people reading the probe.</summary>
+    public string State => _ready ? "ready" : _draining ? "draining" : "joining";
 
     public void Participate(ISiloLifecycle lifecycle) =>
         lifecycle.Subscribe(nameof(SiloReadiness), ServiceLifecycleStage.Active, OnStart, OnStop);
@@ -112,6 +116,7 @@ public sealed partial class SiloReadiness(SiloIdentity identity, StorageConnecti
 
     private Task OnStop(CancellationToken ct)
     {
+        _draining = true;
         _ready = false;
         LogDraining(log, identity.Name);
         return Task.CompletedTask;

@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using System.Runtime.CompilerServices;
 using MergeCluster.Cluster.Grains;
 using MergeCluster.Cluster.Silo;
 using MergeCluster.Engine.Telemetry;
@@ -45,7 +46,8 @@ internal sealed class JobGauges
 /// <summary>
 /// OpenTelemetry on silos and clients through the Generic Host: our source and meter, Orleans' sources (the grain
 /// call spans that carry a job's trace from submit through the job grain to every task) and the "Microsoft.Orleans"
-/// meter, exported over OTLP when the standard OTEL_* variables name an endpoint (the exporter reads them itself).
+/// meter, exported over OTLP when the standard OTEL_* variables name an endpoint (the exporter reads them itself),
+/// and on a silo's HTTP port as Prometheus text.
 /// </summary>
 public static class ClusterTelemetry
 {
@@ -53,19 +55,41 @@ public static class ClusterTelemetry
     public static readonly string[] OrleansSources = ["Microsoft.Orleans.Application", "Microsoft.Orleans.Runtime"];
     public const string OrleansMeter = "Microsoft.Orleans";
 
-    public static void AddClusterTelemetry(this IHostApplicationBuilder builder, string instance)
+    /// <summary>
+    /// The autoscaler's gauges, named so that the Prometheus exporter's translation (dots to underscores, a unit in
+    /// braces dropped, no suffix on a gauge) gives exactly <c>mergecluster_tasks_pending</c> and <c>_running</c>.
+    /// </summary>
+    public const string PendingTasksGauge = "mergecluster.tasks.pending", RunningTasksGauge = "mergecluster.tasks.running";
+
+    /// <param name="prometheus">
+    /// Keep the meters for a Prometheus scrape (a silo with --http-port maps the endpoint). That was asked for on the
+    /// command line, so OTEL_SDK_DISABLED, which turns off OTLP export, leaves it on.
+    /// </param>
+    public static void AddClusterTelemetry(this IHostApplicationBuilder builder, string instance, bool prometheus = false)
     {
         static bool Set(string name) => !string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(name));
-        if (string.Equals(Environment.GetEnvironmentVariable("OTEL_SDK_DISABLED"), "true", StringComparison.OrdinalIgnoreCase)) return;
-        bool traces = Set("OTEL_EXPORTER_OTLP_ENDPOINT") || Set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-        bool metrics = Set("OTEL_EXPORTER_OTLP_ENDPOINT") || Set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
-        if (!traces && !metrics) return;
+        bool otlp = !string.Equals(Environment.GetEnvironmentVariable("OTEL_SDK_DISABLED"), "true", StringComparison.OrdinalIgnoreCase);
+        bool traces = otlp && (Set("OTEL_EXPORTER_OTLP_ENDPOINT") || Set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"));
+        bool metrics = otlp && (Set("OTEL_EXPORTER_OTLP_ENDPOINT") || Set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"));
+        if (!traces && !metrics && !prometheus) return;
         // The exporter reads OTEL_* through the host's configuration, which a host built without defaults lacks.
-        builder.Configuration.AddEnvironmentVariables();
+        if (traces || metrics) builder.Configuration.AddEnvironmentVariables();
         var otel = builder.Services.AddOpenTelemetry().ConfigureResource(r => r.AddService("mergecluster", serviceInstanceId: instance));
         if (traces) otel.WithTracing(t => t.AddSource(MergeTelemetry.Name).AddSource(OrleansSources).AddOtlpExporter());
-        if (metrics) otel.WithMetrics(m => m.AddMeter(MergeTelemetry.Name, OrleansMeter).AddOtlpExporter());
+        if (metrics || prometheus)
+        {
+            otel.WithMetrics(m =>
+            {
+                m.AddMeter(MergeTelemetry.Name, OrleansMeter);
+                if (metrics) m.AddOtlpExporter();
+                if (prometheus) AddPrometheus(m);
+            });
+        }
     }
+
+    /// <summary>Its own method, so that the exporter's assembly (and ASP.NET Core with it) loads only when it is used.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void AddPrometheus(MeterProviderBuilder metrics) => metrics.AddPrometheusExporter();
 
     /// <summary>The silo's gauges on the "MergeCluster" meter; see docs/cluster.md for what each counts.</summary>
     internal static void AddSiloGauges(this IServiceCollection services) =>
@@ -77,8 +101,8 @@ public static class ClusterTelemetry
         public Task StartAsync(CancellationToken cancellationToken)
         {
             var meter = meters.Create(MergeTelemetry.Name);
-            meter.CreateObservableGauge("mergecluster.jobs.tasks.pending", () => jobs.Totals().Pending, "{task}", "tasks waiting to be handed out, in the jobs whose grain is on this silo");
-            meter.CreateObservableGauge("mergecluster.jobs.tasks.running", () => jobs.Totals().Running, "{task}", "tasks handed to shard grains, in the jobs whose grain is on this silo");
+            meter.CreateObservableGauge(PendingTasksGauge, () => jobs.Totals().Pending, "{task}", "tasks waiting to be handed out, in the jobs whose grain is on this silo");
+            meter.CreateObservableGauge(RunningTasksGauge, () => jobs.Totals().Running, "{task}", "tasks handed to shard grains, in the jobs whose grain is on this silo");
             meter.CreateObservableGauge("mergecluster.silo.tasks.queued", () => slots.Queued, "{task}", "tasks on this silo waiting for a slot");
             meter.CreateObservableGauge("mergecluster.silo.tasks.running", () => slots.Running, "{task}", "tasks running on this silo");
             meter.CreateObservableGauge("mergecluster.silo.slots", () => slots.Threads, "{slot}", "task slots of this silo (--threads)");

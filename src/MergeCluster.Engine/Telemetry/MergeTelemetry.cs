@@ -33,10 +33,11 @@ public static class MergeTelemetry
     public const string AttemptTag = "mergecluster.attempt";
     public const string StateTag = "state";
 
+    // Instrument names carry no unit: Prometheus exporters append it (mergecluster_io_read_bytes_total).
     /// <summary>Bytes read from model and scratch files; the engine adds to it.</summary>
-    public static readonly Counter<long> BytesRead = Meter.CreateCounter<long>("mergecluster.bytes.read", "By", "bytes read from models and scratch files");
+    public static readonly Counter<long> BytesRead = Meter.CreateCounter<long>("mergecluster.io.read", "By", "bytes read from models and scratch files");
     /// <summary>Bytes written to scratch and output files; the engine adds to it.</summary>
-    public static readonly Counter<long> BytesWritten = Meter.CreateCounter<long>("mergecluster.bytes.written", "By", "bytes written to scratch and output files");
+    public static readonly Counter<long> BytesWritten = Meter.CreateCounter<long>("mergecluster.io.written", "By", "bytes written to scratch and output files");
     /// <summary>Task attempts as they end, tagged with <see cref="StateTag"/>: done, failed, released, lost.</summary>
     public static readonly Counter<long> Tasks = Meter.CreateCounter<long>("mergecluster.tasks", "{task}", "task attempts by how they ended");
     /// <summary>Task attempts after the first (a failure, or a silo lost while running it).</summary>

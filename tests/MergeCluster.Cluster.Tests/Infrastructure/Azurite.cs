@@ -131,11 +131,19 @@ public sealed partial class Azurite : IAsyncDisposable
         lock (_output) _output.Clear();
     }
 
+    /// <summary>
+    /// kill -STOP / -CONT: storage stops answering, without refusing connections (the kernel still accepts them), so
+    /// whatever waits on it waits until <see cref="Thaw"/>.
+    /// </summary>
+    public void Freeze() => Signals.Send(_process!.Id, Signals.Stop);
+    public void Thaw() => Signals.Send(_process!.Id, Signals.Continue);
+
     /// <summary>Starts again on the same location and ports: the same storage account, with everything it held.</summary>
     public Task RestartAsync() => RunAsync(_blobPort, _queuePort, _tablePort);
 
     public async ValueTask DisposeAsync()
     {
+        if (_process is { HasExited: false }) Thaw();
         await KillAsync();
         _process?.Dispose();
         _location.Dispose();

@@ -49,6 +49,14 @@ public sealed class ClusterFixture : IAsyncDisposable
     /// <summary>As above, with more environment variables (OTEL_* for instance).</summary>
     public async Task<SiloProcess> StartSiloAsync(string name, IReadOnlyDictionary<string, string> environment, params string[] args)
     {
+        var silo = await LaunchSiloAsync(name, environment, args);
+        await silo.WaitForOutputAsync("is ready");
+        return silo;
+    }
+
+    /// <summary>Starts a silo process as <see cref="StartSiloAsync(string, string[])"/> does, without waiting for it to join.</summary>
+    public async Task<SiloProcess> LaunchSiloAsync(string name, IReadOnlyDictionary<string, string> environment, params string[] args)
+    {
         var env = Environment;
         foreach (var (key, value) in environment) env[key] = value;
         var silo = await SiloProcess.StartAsync(name, env,
@@ -57,7 +65,6 @@ public sealed class ClusterFixture : IAsyncDisposable
             "--silo-port", FreePort().ToString(), "--gateway-port", FreePort().ToString(), .. args,
         ]);
         _silos.Add(silo);
-        await silo.WaitForOutputAsync("is ready");
         return silo;
     }
 

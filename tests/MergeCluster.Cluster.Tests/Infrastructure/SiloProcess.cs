@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using System.Text;
 
 namespace MergeCluster.Cluster.Tests.Infrastructure;
@@ -8,13 +7,15 @@ namespace MergeCluster.Cluster.Tests.Infrastructure;
 /// A real <c>mergecluster silo</c> process: started with the storage in its environment, its stdout and stderr captured,
 /// and stopped the ways a cluster loses members: <see cref="Kill"/> (kill -9) or <see cref="Terminate"/> (SIGTERM, a drain).
 /// </summary>
-public sealed partial class SiloProcess : IAsyncDisposable
+public sealed class SiloProcess : IAsyncDisposable
 {
     private readonly Process _process;
+    private readonly Func<Process, int> _silo;
     private readonly StringBuilder _output = new();
 
     public string Name { get; }
-    public int Pid => _process.Id;
+    /// <summary>The silo's own process: the one started, or the one a launcher (a sandbox) started for it.</summary>
+    public int Pid => _silo(_process);
     public bool HasExited => _process.HasExited;
 
     /// <summary>Everything the silo wrote so far, stdout and stderr interleaved by line.</summary>
@@ -23,26 +24,38 @@ public sealed partial class SiloProcess : IAsyncDisposable
         get { lock (_output) return _output.ToString(); }
     }
 
-    private SiloProcess(Process process, string name)
+    private SiloProcess(Process process, string name, Func<Process, int>? findSilo)
     {
         _process = process;
+        _silo = findSilo ?? (p => p.Id);
         Name = name;
     }
 
     /// <summary>Starts <c>mergecluster silo --name NAME [args...]</c> with <paramref name="environment"/> (storage, ids, OTEL_*) set.</summary>
     public static async Task<SiloProcess> StartAsync(string name, IReadOnlyDictionary<string, string> environment, params string[] args)
     {
-        var info = new ProcessStartInfo("dotnet")
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
+        var info = new ProcessStartInfo("dotnet");
         foreach (var arg in new[] { await MergeClusterCli.DllAsync(), "silo", "--name", name }.Concat(args)) info.ArgumentList.Add(arg);
         info.Environment.Remove("OTEL_EXPORTER_OTLP_ENDPOINT");
         foreach (var (key, value) in environment) info.Environment[key] = value;
-        var process = Process.Start(info)!;
-        var silo = new SiloProcess(process, name);
+        return Start(info, name);
+    }
+
+    private static SiloProcess Start(ProcessStartInfo info, string name)
+    {
+        info.RedirectStandardOutput = info.RedirectStandardError = true;
+        info.UseShellExecute = false;
+        return Attach(Process.Start(info)!, name);
+    }
+
+    /// <summary>
+    /// A silo some launcher started (a sandbox that runs it, for instance), with its stdout and stderr redirected: its
+    /// output is captured from here on. <paramref name="findSilo"/> finds the silo's own process from the one
+    /// started, for signals; default: that one.
+    /// </summary>
+    public static SiloProcess Attach(Process process, string name, Func<Process, int>? findSilo = null)
+    {
+        var silo = new SiloProcess(process, name, findSilo);
         process.OutputDataReceived += (_, e) => silo.Append(e.Data);
         process.ErrorDataReceived += (_, e) => silo.Append(e.Data);
         process.BeginOutputReadLine();
@@ -69,19 +82,11 @@ public sealed partial class SiloProcess : IAsyncDisposable
     public void Kill() => _process.Kill();
 
     /// <summary>SIGTERM, as Kubernetes sends on scale-in: the silo drains and exits.</summary>
-    public void Terminate()
-    {
-        if (SendSignal(Pid, 15) != 0) throw new InvalidOperationException($"kill -TERM {Pid} failed: errno {Marshal.GetLastPInvokeError()}");
-    }
+    public void Terminate() => Signals.Send(Pid, Signals.Term);
 
     /// <summary>kill -STOP / -CONT: the silo freezes (mid-task) and thaws.</summary>
-    public void Freeze() => Signal(19);
-    public void Thaw() => Signal(18);
-
-    private void Signal(int signal)
-    {
-        if (SendSignal(Pid, signal) != 0) throw new InvalidOperationException($"kill -{signal} {Pid} failed: errno {Marshal.GetLastPInvokeError()}");
-    }
+    public void Freeze() => Signals.Send(Pid, Signals.Stop);
+    public void Thaw() => Signals.Send(Pid, Signals.Continue);
 
     public async Task<int> WaitForExitAsync(TimeSpan? timeout = null)
     {
@@ -102,6 +107,4 @@ public sealed partial class SiloProcess : IAsyncDisposable
         _process.Dispose();
     }
 
-    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
-    private static partial int SendSignal(int pid, int signal);
 }
