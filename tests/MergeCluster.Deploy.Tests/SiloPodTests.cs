@@ -180,12 +180,7 @@ public sealed partial class SiloPodTests(ITestOutputHelper output)
     private static string OnVolume(TempDirectory volume, string path) =>
         path.StartsWith("/data/", StringComparison.Ordinal) ? volume.File(path["/data/".Length..]) : throw new Xunit.Sdk.XunitException($"{path} is not on the volume");
 
-    private static int FreePort()
-    {
-        using var socket = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        socket.Start();
-        return ((System.Net.IPEndPoint)socket.LocalEndpoint).Port;
-    }
+    private static int FreePort() => TestPorts.Free();
 
     [GeneratedRegex(@"^\s+\w+:\s+(/\S+\.safetensors)\s*$", RegexOptions.Multiline)]
     private static partial Regex ModelLine();

@@ -49,9 +49,22 @@ public sealed class ClusterFixture : IAsyncDisposable
     /// <summary>As above, with more environment variables (OTEL_* for instance).</summary>
     public async Task<SiloProcess> StartSiloAsync(string name, IReadOnlyDictionary<string, string> environment, params string[] args)
     {
-        var silo = await LaunchSiloAsync(name, environment, args);
-        await silo.WaitForOutputAsync("is ready");
-        return silo;
+        for (int attempt = 1; ; attempt++)
+        {
+            var silo = await LaunchSiloAsync(name, environment, args);
+            try
+            {
+                await silo.WaitForOutputAsync("is ready");
+                return silo;
+            }
+            // Another process (a test server of a parallel test project) bound one of its ports first: new ports.
+            catch (InvalidOperationException) when (attempt < 3 && silo.HasExited && silo.Output.Contains("Address already in use", StringComparison.Ordinal))
+            {
+                _output.WriteLine($"silo {name}: a port was taken, starting again on other ports:\n{silo.Output}");
+                _silos.Remove(silo);
+                await silo.DisposeAsync();
+            }
+        }
     }
 
     /// <summary>Starts a silo process as <see cref="StartSiloAsync(string, string[])"/> does, without waiting for it to join.</summary>
@@ -130,12 +143,7 @@ public sealed class ClusterFixture : IAsyncDisposable
     /// <summary>Every silo's output so far, for assertions over the whole cluster.</summary>
     public string AllSiloOutput => string.Join('\n', _silos.Select(s => $"---- {s.Name} ----\n{s.Output}"));
 
-    public static int FreePort()
-    {
-        using var socket = new TcpListener(IPAddress.Loopback, 0);
-        socket.Start();
-        return ((IPEndPoint)socket.LocalEndpoint).Port;
-    }
+    public static int FreePort() => TestPorts.Free();
 
     public async ValueTask DisposeAsync()
     {
