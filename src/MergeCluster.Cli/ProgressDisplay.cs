@@ -17,11 +17,20 @@ public static class ProgressDisplay
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
                 .StartAsync(async ctx =>
                 {
-                    var task = ctx.AddTask("merging", maxValue: Math.Max(totalBytes, 1));
-                    var running = work();
+                    ProgressTask? hashing = null;
+                    var task = ctx.AddTask("merging", autoStart: false, maxValue: Math.Max(totalBytes, 1));
+                    var running = Task.Run(work);
                     while (!running.IsCompleted)
                     {
                         await Task.WhenAny(running, Task.Delay(200, CancellationToken.None));
+                        if (progress.Stage == MergeStage.Hashing || hashing is not null)
+                        {
+                            var (done, total) = progress.Hashing;
+                            hashing ??= ctx.AddTaskBefore("hashing inputs", new ProgressTaskSettings { MaxValue = Math.Max(total, 1) }, task);
+                            hashing.Value = Math.Min(done, hashing.MaxValue);
+                        }
+                        if (progress.Stage != MergeStage.Merging) continue;
+                        if (!task.IsStarted) task.StartTask();
                         task.Description = $"merging {progress.Component.Name()}";
                         task.Value = Math.Min(progress.InputBytes, totalBytes);
                     }
@@ -31,12 +40,35 @@ public static class ProgressDisplay
             return;
         }
 
+        // Redirected: a line once hashing has taken a second (it can take minutes before the first byte is merged),
+        // then one every 5 s; a short merge prints nothing but its result.
         var clock = Stopwatch.StartNew();
-        var job = work();
+        var job = Task.Run(work);
+        var stage = MergeStage.Planning;
+        var next = TimeSpan.FromSeconds(5);
+        TimeSpan? hashingSince = null;
         while (!job.IsCompleted)
         {
-            await Task.WhenAny(job, Task.Delay(TimeSpan.FromSeconds(5), CancellationToken.None));
+            await Task.WhenAny(job, Task.Delay(TimeSpan.FromMilliseconds(100), CancellationToken.None));
             if (job.IsCompleted) break;
+            if (progress.Stage != stage)
+            {
+                stage = progress.Stage;
+                hashingSince = stage == MergeStage.Hashing ? clock.Elapsed : null;
+            }
+            if (hashingSince is { } since && clock.Elapsed - since >= TimeSpan.FromSeconds(1))
+            {
+                hashingSince = null;
+                Console.Error.WriteLine($"merge: hashing {Units.Bytes(progress.Hashing.Total)} of inputs (not in the hash cache)");
+            }
+            if (clock.Elapsed < next) continue;
+            next = clock.Elapsed + TimeSpan.FromSeconds(5);
+            if (stage == MergeStage.Hashing)
+            {
+                var (hashed, total) = progress.Hashing;
+                Console.Error.WriteLine($"merge: hashed {Units.Bytes(hashed)} / {Units.Bytes(total)} ({100.0 * hashed / Math.Max(total, 1):F0}%)");
+                continue;
+            }
             long done = progress.InputBytes;
             double rate = done / Math.Max(clock.Elapsed.TotalSeconds, 1e-9);
             string eta = rate > 0 ? TimeSpan.FromSeconds((totalBytes - done) / rate).ToString(@"h\:mm\:ss") : "?";

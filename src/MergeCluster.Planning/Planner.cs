@@ -26,29 +26,39 @@ public static class Planner
     public static MergePlan Create(Recipe recipe, PlanOptions? options = null)
     {
         options ??= new PlanOptions();
+        string outputPath = options.OutputPath ?? ResolveOutput(recipe, options);
+        if (SafetensorsFile.IsPickleExtension(outputPath))
+            throw new MergeException($"{outputPath}: the output must be a .safetensors file; pickle checkpoints are never written");
         var inputs = OpenHeaders(recipe, options);
-        // SDXL's UNET has 9 input and output blocks, SD1's 12; per-block alphas follow the inputs' layout.
-        int blocksPerSide = inputs.Any(i => i.Length > 0 && ModelArchitecture.Detect(i.Header).Architecture == ModelArchitecture.Sdxl) ? 9 : 12;
+        RefuseOverwritingInput(recipe, inputs, outputPath);
+        // SDXL's UNET has 9 input and output blocks, SD1's 12; per-block alphas follow the inputs' layout. Inputs that
+        // share a file share its header object, so each header is looked at once.
+        var seen = new HashSet<SafetensorsHeader>(ReferenceEqualityComparer.Instance);
+        int blocksPerSide = inputs.Any(i => i.Length > 0 && seen.Add(i.Header) && ModelArchitecture.Detect(i.Header).Architecture == ModelArchitecture.Sdxl) ? 9 : 12;
         int baseIndex = recipe.Base is null ? -1 : recipe.ModelIndex(recipe.Base);
+        var rules = new RuleInputs(recipe);
 
-        var candidateKeys = new SortedSet<string>(StringComparer.Ordinal);
+        // Every key some input contributes to its component's rule (or the base holds), in ordinal order.
+        var keySet = new HashSet<string>(StringComparer.Ordinal);
         foreach (var input in inputs)
         {
+            if (input.Length == 0) continue;
             foreach (var key in input.Header.Keys)
             {
-                var component = ModelArchitecture.Unknown.ComponentOf(key);
-                var rule = recipe.RuleFor(component);
-                bool used = input.Index == baseIndex || (rule is not null && rule.Models.Contains(input.Name));
-                if (used) candidateKeys.Add(key);
+                if (keySet.Contains(key)) continue;
+                if (input.Index == baseIndex || rules.Uses(ModelArchitecture.Unknown.ComponentOf(key), input.Index)) keySet.Add(key);
             }
         }
+        var candidateKeys = keySet.ToArray();
+        keySet = null;
+        Array.Sort(candidateKeys, StringComparer.Ordinal);
 
-        var tensors = new List<PlannedTensor>(candidateKeys.Count);
-        var specs = new List<TensorSpec>(candidateKeys.Count);
+        var tensors = new List<PlannedTensor>(candidateKeys.Length);
+        var specs = new List<TensorSpec>(candidateKeys.Length);
         var missing = new Dictionary<(string Model, Component Component, string Resolution), List<string>>();
         foreach (string key in candidateKeys)
         {
-            var planned = PlanTensor(recipe, inputs, baseIndex, key, blocksPerSide, missing, tensors.Count);
+            var planned = PlanTensor(recipe, rules, inputs, baseIndex, key, blocksPerSide, missing, tensors.Count);
             if (planned is null) continue;
             tensors.Add(planned);
             specs.Add(new TensorSpec(key, planned.Output.DType, planned.Output.Shape));
@@ -57,23 +67,83 @@ public static class Planner
             throw new MergeException($"{recipe.Source}: the recipe selects no tensors from its models");
 
         var metadata = BuildMetadata(recipe, inputs, baseIndex, options.InputHashes);
-        var layout = SafetensorsLayout.Create(specs, metadata);
-        var placed = tensors.Select(t => t with { Output = layout.Tensors[t.Index] }).ToImmutableArray();
+        var layout = Layout(recipe, specs, metadata);
+        var placed = ImmutableArray.CreateBuilder<PlannedTensor>(tensors.Count);
+        foreach (var t in tensors) placed.Add(t with { Output = layout.Tensors[t.Index] });
+        var placedTensors = placed.MoveToImmutable();
 
         return new MergePlan
         {
             Recipe = recipe,
             Inputs = inputs,
-            Tensors = placed,
+            Tensors = placedTensors,
             Layout = layout,
-            Shards = Split(placed, options.ShardBytes),
-            GroupCount = (recipe.Models.Length + recipe.ReduceGroup - 1) / recipe.ReduceGroup,
-            OutputPath = options.OutputPath ?? ResolveOutput(recipe, options),
-            Components = Summarise(recipe, placed),
+            Shards = Split(placedTensors, options.ShardBytes),
+            // models ≥ 1, so this cannot overflow for any group size (reduce.group: 2147483647 included).
+            GroupCount = (recipe.Models.Length - 1) / recipe.ReduceGroup + 1,
+            OutputPath = outputPath,
+            Components = Summarise(recipe, placedTensors),
             Missing = missing.Select(kv => new MissingSummary(kv.Key.Model, kv.Key.Component, kv.Value.Count, kv.Key.Resolution, kv.Value.Take(3).ToImmutableArray()))
                 .OrderBy(m => m.Model, StringComparer.Ordinal).ThenBy(m => m.Component).ToImmutableArray(),
             Metadata = metadata,
         };
+    }
+
+    /// <summary>
+    /// The same plan with the input hashes recorded in its metadata: only the header and the offsets change, so nothing
+    /// is read again (hashing comes after planning, which must fail fast on a broken header).
+    /// </summary>
+    public static MergePlan WithInputHashes(MergePlan plan, IReadOnlyDictionary<string, string> hashes, long shardBytes)
+    {
+        int baseIndex = plan.Recipe.Base is null ? -1 : plan.Recipe.ModelIndex(plan.Recipe.Base);
+        var metadata = BuildMetadata(plan.Recipe, plan.Inputs, baseIndex, hashes);
+        var specs = new List<TensorSpec>(plan.Tensors.Length);
+        foreach (var t in plan.Tensors) specs.Add(new TensorSpec(t.Output.Key, t.Output.DType, t.Output.Shape));
+        var layout = Layout(plan.Recipe, specs, metadata);
+        var placed = ImmutableArray.CreateBuilder<PlannedTensor>(plan.Tensors.Length);
+        foreach (var t in plan.Tensors) placed.Add(t with { Output = layout.Tensors[t.Index] });
+        var tensors = placed.MoveToImmutable();
+        return new MergePlan
+        {
+            Recipe = plan.Recipe, Inputs = plan.Inputs, Tensors = tensors, Layout = layout, Shards = Split(tensors, shardBytes),
+            GroupCount = plan.GroupCount, OutputPath = plan.OutputPath, Components = Summarise(plan.Recipe, tensors),
+            Missing = plan.Missing, Metadata = metadata,
+        };
+    }
+
+    /// <summary>The same plan cut into shards of at most <paramref name="shardBytes"/> input bytes (which never changes the output).</summary>
+    public static MergePlan Reshard(MergePlan plan, long shardBytes) => new()
+    {
+        Recipe = plan.Recipe, Inputs = plan.Inputs, Tensors = plan.Tensors, Layout = plan.Layout, Shards = Split(plan.Tensors, shardBytes),
+        GroupCount = plan.GroupCount, OutputPath = plan.OutputPath, Components = plan.Components, Missing = plan.Missing, Metadata = plan.Metadata,
+    };
+
+    /// <summary>The output's layout, refused here rather than after the merge when its header is over the limit every reader enforces.</summary>
+    private static SafetensorsLayout Layout(Recipe recipe, List<TensorSpec> specs, ImmutableSortedDictionary<string, string> metadata)
+    {
+        var layout = SafetensorsLayout.Create(specs, metadata);
+        long header = layout.DataStart - 8;
+        if (header > SafetensorsHeader.MaxHeaderBytes)
+        {
+            long meta = metadata.Sum(kv => (long)kv.Key.Length + kv.Value.Length);
+            throw new MergeException($"{recipe.Source}: the output's header would be {header:N0} bytes, over the {SafetensorsHeader.MaxHeaderBytes:N0}-byte limit of safetensors readers ({specs.Count:N0} tensors, {meta:N0} characters of metadata)");
+        }
+        return layout;
+    }
+
+    /// <summary>
+    /// An output that is an input under another name (a symlink or hard link to it, or the same path) would replace
+    /// it: refused by file identity (device, inode), not by comparing path strings.
+    /// </summary>
+    private static void RefuseOverwritingInput(Recipe recipe, ImmutableArray<MergeInput> inputs, string outputPath)
+    {
+        if (RegularFile.IdentityOf(outputPath) is not { } output) return;
+        foreach (var input in inputs)
+        {
+            var identity = input.Length > 0 ? input.Identity : RegularFile.IdentityOf(input.Path);
+            if (identity == output)
+                throw new MergeException($"{outputPath}: the output is the same file as model '{input.Name}' ({input.Path}); writing it would replace that input");
+        }
     }
 
     /// <summary>Reads and validates every input header first, so a broken model 37 is reported in the first second.</summary>
@@ -84,6 +154,8 @@ public static class Planner
         foreach (var component in Components.All)
             if (recipe.RuleFor(component) is { } rule) used.UnionWith(rule.Models);
 
+        // A file named by many models (one checkpoint listed 1,000 times) is parsed once: memory follows the headers, not the names.
+        var known = new Dictionary<FileIdentity, (SafetensorsHeader Header, long Length)>();
         var inputs = ImmutableArray.CreateBuilder<MergeInput>(recipe.Models.Length);
         for (int i = 0; i < recipe.Models.Length; i++)
         {
@@ -91,13 +163,29 @@ public static class Planner
             string path = options.ResolvePath is null ? recipe.ModelPath(i) : options.ResolvePath(model.Path);
             if (!used.Contains(model.Name))
             {
-                inputs.Add(new MergeInput(i, model.Name, path, EmptyHeader, 0));
+                inputs.Add(new MergeInput(i, model.Name, path, EmptyHeader, 0, default));
                 continue;
             }
-            if (!File.Exists(path))
-                throw new MergeException($"{recipe.Source}:{model.Line}: model '{model.Name}': {path}: file not found");
-            var header = SafetensorsFile.ReadHeader(path, out long length);
-            inputs.Add(new MergeInput(i, model.Name, path, header, length));
+            SafetensorsHeader header;
+            long length;
+            FileIdentity identity;
+            try
+            {
+                using var handle = SafetensorsFile.OpenChecked(path);
+                identity = RegularFile.Identity(handle);
+                if (known.TryGetValue(identity, out var seen))
+                    (header, length) = seen;
+                else
+                {
+                    header = SafetensorsFile.ReadHeader(handle, path, out length);
+                    known[identity] = (header, length);
+                }
+            }
+            catch (SafetensorsException e) when (e.Error == SafetensorsError.NotFound)
+            {
+                throw new MergeException($"{recipe.Source}:{model.Line}: model '{model.Name}': {path}: file not found", e);
+            }
+            inputs.Add(new MergeInput(i, model.Name, path, header, length, identity));
         }
         return inputs.MoveToImmutable();
     }
@@ -105,9 +193,9 @@ public static class Planner
     private static readonly SafetensorsHeader EmptyHeader = SafetensorsHeader.Parse("{}"u8, 0, "(unused)");
 
     private static string ResolveOutput(Recipe recipe, PlanOptions options) =>
-        options.ResolvePath is null ? recipe.OutputPath : options.ResolvePath(recipe.Output.Path);
+        options.ResolvePath is null ? recipe.OutputPath : options.ResolvePath(recipe.OutputPathAsWritten);
 
-    private static PlannedTensor? PlanTensor(Recipe recipe, ImmutableArray<MergeInput> inputs, int baseIndex, string key, int blocksPerSide,
+    private static PlannedTensor? PlanTensor(Recipe recipe, RuleInputs rules, ImmutableArray<MergeInput> inputs, int baseIndex, string key, int blocksPerSide,
         Dictionary<(string, Component, string), List<string>> missing, int index)
     {
         var component = ModelArchitecture.Unknown.ComponentOf(key);
@@ -122,10 +210,11 @@ public static class Planner
         }
 
         var policy = rule.Missing ?? recipe.Missing;
+        var slots = rules.Slots(rule);
         var sources = new List<(int Position, MergeInput Input, TensorInfo Tensor)>(rule.Models.Length);
         for (int p = 0; p < rule.Models.Length; p++)
         {
-            var input = inputs[recipe.ModelIndex(rule.Models[p])];
+            var input = inputs[slots[p]];
             if (input.Header.TryGet(key, out var t))
             {
                 sources.Add((p, input, t));
@@ -152,7 +241,12 @@ public static class Planner
         var first = sources[0].Tensor;
         if (!first.DType.IsFloat() || sources.Any(s => !s.Tensor.DType.IsFloat()))
         {
-            // Integer tensors (position_ids) are indices, not weights: never averaged.
+            // Integer tensors (position_ids) are indices, not weights: never averaged. A float tensor among them is
+            // no index, and copying one source while the plan says "mean" would be a silent lie.
+            var isFloat = sources.Find(s => s.Tensor.DType.IsFloat());
+            var isInteger = sources.Find(s => !s.Tensor.DType.IsFloat());
+            if (isFloat.Input is not null && rule.Method != MergeMethod.Copy)
+                throw new MergeException($"{isInteger.Input.Path}: tensor '{key}': {isInteger.Tensor.DType.Name()} in model '{isInteger.Input.Name}' but {isFloat.Tensor.DType.Name()} in model '{isFloat.Input.Name}'; an integer tensor cannot be merged with a float one");
             var owner = baseHas ? inputs[baseIndex] : sources[0].Input;
             return CopyOf(recipe, owner, key, component, index, null);
         }
@@ -168,24 +262,34 @@ public static class Planner
         switch (rule.Method)
         {
             case MergeMethod.Mean:
-                divisor = 0;
-                foreach (var s in sources)
                 {
-                    double w = rule.Weights.IsEmpty ? 1.0 : rule.Weights[s.Position];
-                    if (w == 0) continue;
-                    terms.Add(Term(recipe, rule, s.Position, s.Input, s.Tensor, w));
-                    divisor += w;
+                    // Weights are used relative to the largest, so 1e308 or 5e-324 each give the plain mean (equal
+                    // weights become exactly 1) instead of an overflowing or underflowing sum.
+                    double largest = 1.0;
+                    if (!rule.Weights.IsEmpty)
+                    {
+                        largest = 0;
+                        foreach (double w in rule.Weights) largest = Math.Max(largest, w);
+                    }
+                    divisor = 0;
+                    foreach (var s in sources)
+                    {
+                        double w = rule.Weights.IsEmpty ? 1.0 : rule.Weights[s.Position] / largest;
+                        if (w == 0) continue;
+                        terms.Add(Term(recipe, slots, s.Position, s.Input, s.Tensor, w));
+                        divisor += w;
+                    }
+                    break;
                 }
-                break;
             case MergeMethod.WeightedSum:
                 {
                     double alpha = UnetBlocks.AlphaFor(key, blocksPerSide, rule.Alpha, rule.BlockAlphas);
                     if (sources.Count == 1)
-                        terms.Add(Term(recipe, rule, sources[0].Position, sources[0].Input, sources[0].Tensor, 1.0));
+                        terms.Add(Term(recipe, slots, sources[0].Position, sources[0].Input, sources[0].Tensor, 1.0));
                     else
                     {
-                        terms.Add(Term(recipe, rule, 0, sources[0].Input, sources[0].Tensor, 1.0 - alpha));
-                        terms.Add(Term(recipe, rule, 1, sources[1].Input, sources[1].Tensor, alpha));
+                        AddUnlessZero(terms, Term(recipe, slots, 0, sources[0].Input, sources[0].Tensor, 1.0 - alpha));
+                        AddUnlessZero(terms, Term(recipe, slots, 1, sources[1].Input, sources[1].Tensor, alpha));
                     }
                     break;
                 }
@@ -193,11 +297,11 @@ public static class Planner
                 {
                     if (sources[0].Position != 0)
                         throw new MergeException($"{recipe.Source}:{rule.Line}: tensor '{key}': add_difference has no '{rule.Models[0]}' to add the difference to");
-                    terms.Add(Term(recipe, rule, 0, sources[0].Input, sources[0].Tensor, 1.0));
+                    terms.Add(Term(recipe, slots, 0, sources[0].Input, sources[0].Tensor, 1.0));
                     if (sources.Count == 3)
                     {
-                        terms.Add(Term(recipe, rule, 1, sources[1].Input, sources[1].Tensor, rule.Alpha));
-                        terms.Add(Term(recipe, rule, 2, sources[2].Input, sources[2].Tensor, -rule.Alpha));
+                        AddUnlessZero(terms, Term(recipe, slots, 1, sources[1].Input, sources[1].Tensor, rule.Alpha));
+                        AddUnlessZero(terms, Term(recipe, slots, 2, sources[2].Input, sources[2].Tensor, -rule.Alpha));
                     }
                     break;
                 }
@@ -209,11 +313,44 @@ public static class Planner
         return new PlannedTensor(index, output, component, TensorOp.Combine, terms.ToImmutable(), divisor, null);
     }
 
-    private static TermSource Term(Recipe recipe, ComponentRule rule, int position, MergeInput input, TensorInfo tensor, double coefficient)
+    private static TermSource Term(Recipe recipe, int[] slots, int position, MergeInput input, TensorInfo tensor, double coefficient)
     {
         // The leaf of the reduction tree comes from the model's place in `models:`, even when the base stands in for it.
-        int slot = recipe.ModelIndex(rule.Models[position]);
-        return new TermSource(input.Index, tensor, coefficient, slot / recipe.ReduceGroup);
+        return new TermSource(input.Index, tensor, coefficient, slots[position] / recipe.ReduceGroup);
+    }
+
+    /// <summary>
+    /// A term whose coefficient is exactly zero is not read at all: 0·x is not 0 when x is NaN or infinite, and
+    /// `weighted_sum` with alpha 1 must be its second model bit for bit whatever the first holds.
+    /// </summary>
+    private static void AddUnlessZero(ImmutableArray<TermSource>.Builder terms, TermSource term)
+    {
+        if (term.Coefficient != 0) terms.Add(term);
+    }
+
+    /// <summary>Per rule, the models' indices in `models:` and which inputs it reads: lookups per key must not scan the model list.</summary>
+    private sealed class RuleInputs
+    {
+        private readonly Dictionary<ComponentRule, (int[] Slots, bool[] Reads)> _byRule = new(ReferenceEqualityComparer.Instance);
+        private readonly ComponentRule?[] _byComponent;
+
+        public RuleInputs(Recipe recipe)
+        {
+            _byComponent = new ComponentRule?[Components.All.Count];
+            foreach (var component in Components.All) _byComponent[(int)component] = recipe.RuleFor(component);
+            foreach (var rule in recipe.Components.Values)
+            {
+                var slots = new int[rule.Models.Length];
+                var reads = new bool[recipe.Models.Length];
+                for (int p = 0; p < slots.Length; p++) reads[slots[p] = recipe.ModelIndex(rule.Models[p])] = true;
+                _byRule[rule] = (slots, reads);
+            }
+        }
+
+        public int[] Slots(ComponentRule rule) => _byRule[rule].Slots;
+
+        /// <summary>Whether the rule of <paramref name="component"/> reads input <paramref name="index"/>.</summary>
+        public bool Uses(Component component, int index) => _byComponent[(int)component] is { } rule && _byRule[rule].Reads[index];
     }
 
     private static PlannedTensor CopyOf(Recipe recipe, MergeInput input, string key, Component component, int index, string? filledFrom)
@@ -285,8 +422,8 @@ public static class Planner
             foreach (var (k, v) in inputs[baseIndex].Header.Metadata)
                 if (k.StartsWith("modelspec.", StringComparison.Ordinal)) meta[k] = v;
         meta["format"] = "pt";
+        // The recipe as written: its paths stay relative to it, and the maker's directories are not recorded.
         meta[MergeMetadata.Recipe] = recipe.Text;
-        meta[MergeMetadata.RecipeDirectory] = recipe.Directory;
         meta[MergeMetadata.Tool] = MergeMetadata.ToolName;
         if (hashes is not null)
             meta[MergeMetadata.Inputs] = MergeMetadata.FormatInputs(hashes);

@@ -85,7 +85,7 @@ public sealed class RuntimeTests : IDisposable
         // A coordinator plans the job, then its silo dies: nothing renews its lease.
         var dead = await ledger.TryAcquireCoordinatorAsync("dead", Fast.CoordinatorLease, default);
         var plan = await new FileTestEngine(Roots).PlanAsync(dead!, [], default);
-        await ledger.AddTasksAsync(id, "dead", plan, default);
+        await ledger.AddTasksAsync(id, "dead", plan.Tasks, default, plan.Options);
         var planned = await ledger.ListTasksAsync(id, default);
 
         using var drain = new CancellationTokenSource();

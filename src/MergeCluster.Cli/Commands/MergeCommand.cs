@@ -19,95 +19,115 @@ public static class MergeCommand
         var output = new Option<FileInfo?>("--output", "-o") { Description = "Output file (overrides the recipe's output.path)" };
         var threads = new Option<int>("--threads", "-j") { Description = "Worker threads", DefaultValueFactory = _ => Environment.ProcessorCount };
         var dryRun = new Option<bool>("--dry-run") { Description = "Print the plan (components, models, keys filled from the base, sizes) and stop" };
-        var fromMetadata = new Option<FileInfo?>("--from-metadata") { Description = "Replay the recipe stored in a merged file's metadata (needs -o)" };
+        var fromMetadata = new Option<FileInfo?>("--from-metadata") { Description = "Replay the recipe stored in a merged file's metadata (needs -o); every input it reads is checked against its recorded hash" };
+        var modelsDir = new Option<DirectoryInfo?>("--models-dir") { Description = "With --from-metadata: where the recipe's model paths resolve (default: the directory of the replayed file)" };
+        var unverified = new Option<bool>("--unverified") { Description = "With --from-metadata: replay a file that records no input hashes (merged with --no-hash), which cannot be checked" };
         var shardMb = new Option<int>("--shard-mb") { Description = "Most input megabytes per shard (does not change the output)", DefaultValueFactory = _ => 256 };
         var noHash = new Option<bool>("--no-hash") { Description = "Do not hash inputs into the output metadata (the merge can then not be verified on replay)" };
 
         var command = new Command("merge", "Merge checkpoints component by component as a recipe says, exactly (float64 sums, rounded once)")
         {
-            recipeArg, output, threads, dryRun, fromMetadata, shardMb, noHash,
+            recipeArg, output, threads, dryRun, fromMetadata, modelsDir, unverified, shardMb, noHash,
         };
         command.SetAction(async (parse, ct) =>
         {
-            var recipe = LoadRecipe(parse.GetValue(recipeArg), parse.GetValue(fromMetadata), parse.GetValue(output));
+            var replay = parse.GetValue(fromMetadata);
+            var (recipe, replayHeader) = LoadRecipe(parse.GetValue(recipeArg), replay, parse.GetValue(output), parse.GetValue(modelsDir));
             string? outPath = parse.GetValue(output)?.FullName;
             int t = Math.Max(1, parse.GetValue(threads));
+            long maxShard = (long)Math.Max(1, parse.GetValue(shardMb)) << 20;
+            // Planning refuses what would damage a file before anything is written: an output that is an input
+            // under another name, a pickle output, a header over the readers' limit.
+            var plan = Planner.Create(recipe, new PlanOptions { OutputPath = outPath });
             if (parse.GetValue(dryRun))
             {
-                var probe = Planner.Create(recipe, new PlanOptions { OutputPath = outPath });
-                PrintPlan(Planner.Create(recipe, new PlanOptions { OutputPath = outPath, ShardBytes = LocalMerge.ShardBytesFor(probe.InputBytes, t, (long)parse.GetValue(shardMb) << 20) }));
+                PrintPlan(Planner.Reshard(plan, LocalMerge.ShardBytesFor(plan.InputBytes, t, maxShard)));
                 return 0;
             }
-            var plan = Planner.Create(recipe, new PlanOptions { OutputPath = outPath });
-            RefuseOverwritingInput(plan);
-            if (parse.GetValue(fromMetadata) is { } source) VerifyInputs(source.FullName, plan, t);
 
             var options = new LocalMergeOptions
             {
                 Threads = t,
                 OutputPath = outPath,
-                ShardBytes = (long)parse.GetValue(shardMb) << 20,
+                ShardBytes = maxShard,
                 HashInputs = !parse.GetValue(noHash),
                 InputBytes = plan.InputBytes,
             };
             var progress = new MergeProgress();
             var clock = Stopwatch.StartNew();
-            await ProgressDisplay.RunAsync(progress, plan.InputBytes, () => LocalMerge.RunAsync(recipe, options, progress, ct), ct);
+            await ProgressDisplay.RunAsync(progress, plan.InputBytes, async () =>
+            {
+                if (replay is not null)
+                    await Task.Run(() => VerifyReplay(replay.FullName, replayHeader!, plan, t, parse.GetValue(unverified), progress, ct), ct);
+                await LocalMerge.RunAsync(recipe, options, progress, ct);
+            }, ct);
             double seconds = clock.Elapsed.TotalSeconds;
-            Console.WriteLine($"wrote {plan.OutputPath} ({Units.Bytes(plan.OutputBytes)}, {plan.Tensors.Length} tensors) in {seconds:F1} s; read {Units.Bytes(progress.InputBytes)} at {Units.Bytes((long)(progress.InputBytes / Math.Max(seconds, 1e-9)))}/s");
+            Console.WriteLine($"wrote {Terminal.Escape(plan.OutputPath)} ({Units.Bytes(plan.OutputBytes)}, {plan.Tensors.Length} tensors) in {seconds:F1} s; read {Units.Bytes(progress.InputBytes)} at {Units.Bytes((long)(progress.InputBytes / Math.Max(seconds, 1e-9)))}/s");
             return 0;
         });
         return command;
     }
 
-
-    private static Recipe LoadRecipe(FileInfo? recipeFile, FileInfo? fromMetadata, FileInfo? output)
+    /// <summary>
+    /// The recipe to run: a file, or the one a merged file's metadata carries. A replayed recipe's model paths resolve
+    /// against <paramref name="modelsDir"/>, else the replayed file's directory: the maker's directories are not recorded.
+    /// </summary>
+    private static (Recipe Recipe, SafetensorsHeader? Replayed) LoadRecipe(FileInfo? recipeFile, FileInfo? fromMetadata, FileInfo? output, DirectoryInfo? modelsDir)
     {
         if (fromMetadata is not null)
         {
             if (recipeFile is not null) throw new MergeException("give either RECIPE or --from-metadata, not both");
             if (output is null) throw new MergeException($"{fromMetadata.FullName}: --from-metadata needs -o OUT for the replayed file");
             var header = SafetensorsFile.ReadHeader(fromMetadata.FullName, out _);
-            if (!header.Metadata.TryGetValue(MergeMetadata.Recipe, out string? text) || !header.Metadata.TryGetValue(MergeMetadata.RecipeDirectory, out string? dir))
+            if (!header.Metadata.TryGetValue(MergeMetadata.Recipe, out string? text))
                 throw new MergeException($"{fromMetadata.FullName}: no MergeCluster recipe in its metadata (was it made by mergecluster merge?)");
-            return Recipe.Parse(text, dir, $"{fromMetadata.FullName} (recipe in metadata)");
+            string directory = modelsDir?.FullName ?? fromMetadata.DirectoryName!;
+            return (Recipe.Parse(text, directory, $"{fromMetadata.FullName} (recipe in metadata)"), header);
         }
+        if (modelsDir is not null) throw new MergeException("--models-dir applies to --from-metadata; a recipe file's paths resolve against its own directory");
         if (recipeFile is null) throw new MergeException("merge needs a RECIPE file (or --from-metadata FILE -o OUT)");
-        return Recipe.Load(recipeFile.FullName);
+        return (Recipe.Load(recipeFile.FullName), null);
     }
 
-    /// <summary>A replay is only bit-identical if the inputs are: every input whose hash changed is named.</summary>
-    private static void VerifyInputs(string source, MergePlan plan, int threads)
+    /// <summary>
+    /// A replay is only bit-identical if its inputs are, and only trustworthy if the recipe and the recorded hashes
+    /// belong together: every model the recipe reads must have a recorded hash that matches it now, and every recorded
+    /// hash must be of a model it reads (a model added to, or dropped from, the embedded recipe is caught).
+    /// </summary>
+    private static void VerifyReplay(string source, SafetensorsHeader header, MergePlan plan, int threads, bool unverified, MergeProgress progress, CancellationToken ct)
     {
-        var header = SafetensorsFile.ReadHeader(source, out _);
         if (!header.Metadata.TryGetValue(MergeMetadata.Inputs, out string? json))
-            throw new MergeException($"{source}: its metadata records no input hashes (merged with --no-hash), so a replay cannot be verified");
-        var recorded = MergeMetadata.ParseInputs(json);
-        var now = InputHashes.Compute(plan.Inputs, threads);
-        var changed = recorded.Where(kv => !now.TryGetValue(kv.Key, out string? h) || h != kv.Value)
-            .Select(kv => $"{kv.Key} ({plan.Inputs.FirstOrDefault(i => i.Name == kv.Key)?.Path}: recorded {kv.Value}, now {now.GetValueOrDefault(kv.Key, "missing")})")
+        {
+            if (!unverified)
+                throw new MergeException($"{source}: its metadata records no input hashes (merged with --no-hash), so this replay cannot be verified; add --unverified to replay it anyway");
+            Console.Error.WriteLine($"warning: {Terminal.Escape(source)}: replaying without verification: it records no input hashes");
+            return;
+        }
+        var recorded = MergeMetadata.ParseInputs(json, source);
+        var read = plan.Inputs.Where(i => i.Length > 0).ToList();
+        if (read.FirstOrDefault(i => !recorded.ContainsKey(i.Name)) is { } unrecorded)
+            throw new MergeException($"{source}: the recipe in its metadata reads model '{unrecorded.Name}' ({unrecorded.Path}), for which no hash is recorded; the recipe and its recorded inputs do not belong together, so the replay stops");
+        if (recorded.Keys.FirstOrDefault(name => read.All(i => i.Name != name)) is { } extra)
+            throw new MergeException($"{source}: a hash is recorded for model '{extra}', which the recipe in its metadata does not read; the recipe and its recorded inputs do not belong together, so the replay stops");
+        var now = InputHashes.Compute(read, threads, ct, progress);
+        var changed = read.Where(i => recorded[i.Name] != now[i.Name])
+            .Select(i => $"{i.Name} ({i.Path}: recorded {recorded[i.Name]}, now {now[i.Name]})")
             .ToList();
         if (changed.Count > 0)
             throw new MergeException($"{source}: inputs changed since the merge: {string.Join("; ", changed)}");
     }
 
-    private static void RefuseOverwritingInput(MergePlan plan)
-    {
-        foreach (var input in plan.Inputs)
-            if (input.Length > 0 && string.Equals(Path.GetFullPath(input.Path), plan.OutputPath, StringComparison.Ordinal))
-                throw new MergeException($"{plan.OutputPath}: the output would overwrite input model '{input.Name}'");
-    }
-
     internal static void PrintPlan(MergePlan plan)
     {
         var recipe = plan.Recipe;
-        Console.WriteLine($"recipe:  {recipe.Source}");
-        Console.WriteLine($"output:  {plan.OutputPath} ({recipe.Output.DType.Name()}, {plan.Tensors.Length} tensors, {Units.Bytes(plan.OutputBytes)})");
+        Console.WriteLine($"recipe:  {Terminal.Escape(recipe.Source)}");
+        Console.WriteLine($"output:  {Terminal.Escape(plan.OutputPath)} ({recipe.Output.DType.Name()}, {plan.Tensors.Length} tensors, {Units.Bytes(plan.OutputBytes)})");
         Console.WriteLine($"read:    {Units.Bytes(plan.InputBytes)} from {plan.Inputs.Count(i => i.Length > 0)} models in {plan.Shards.Length} shards; reduction tree of {plan.GroupCount} group(s) of {recipe.ReduceGroup}");
-        if (recipe.Base is not null) Console.WriteLine($"base:    {recipe.Base}");
+        if (recipe.Base is not null) Console.WriteLine($"base:    {Terminal.Escape(recipe.Base)}");
         var table = new Table().Border(HumanConsole.Border).AddColumns("component", "method", "models", "keys", "output", "read");
         foreach (var c in plan.Components)
-            table.AddRow(c.Component.Name(), Markup.Escape(c.Method), Markup.Escape($"{c.Models.Length}: {string.Join(", ", c.Models)}"), c.Keys.ToString(), Units.Bytes(c.OutputBytes), Units.Bytes(c.InputBytes));
+            table.AddRow(new Text(c.Component.Name()), new Text(Terminal.Escape(c.Method)), new Text(Terminal.Escape($"{c.Models.Length}: {string.Join(", ", c.Models)}")),
+                new Text(c.Keys.ToString()), new Text(Units.Bytes(c.OutputBytes)), new Text(Units.Bytes(c.InputBytes)));
         HumanConsole.Create().Write(table);
         if (plan.Missing.IsEmpty)
             Console.WriteLine("missing: none (every model has every key it is merged on)");
@@ -115,7 +135,7 @@ public static class MergeCommand
         {
             Console.WriteLine("missing keys:");
             foreach (var m in plan.Missing)
-                Console.WriteLine($"  {m.Model}: {m.Keys} {m.Component.Name()} keys {m.Resolution} (e.g. {string.Join(", ", m.Examples)})");
+                Console.WriteLine($"  {Terminal.Escape(m.Model)}: {m.Keys} {m.Component.Name()} keys {Terminal.Escape(m.Resolution)} (e.g. {Terminal.Escape(string.Join(", ", m.Examples))})");
         }
     }
 }

@@ -40,6 +40,7 @@ public static class SiloCommand
                 "test" => r => new FileTestEngine(r),
                 var other => throw new MergeException($"--engine: unknown engine '{other}'"),
             };
+            CliRunner.LeaveSignalsToCommand();
             using var drain = new CancellationTokenSource();
             using var abort = new CancellationTokenSource();
             void OnSignal(PosixSignalContext context)
@@ -51,7 +52,7 @@ public static class SiloCommand
             }
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
             using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-            await SiloHost.RunAsync(settings, factory, Console.Out, drain.Token, abort.Token);
+            await SiloHost.RunAsync(settings, factory, new Terminal.EscapingWriter(Console.Out), drain.Token, abort.Token);
             return 0;
         });
         return command;

@@ -38,7 +38,7 @@ public static class StatusCommand
         foreach (var s in silos)
         {
             var models = s.Models?.Split('\n').Length ?? 0;
-            Console.WriteLine($"  {s.Name,-20} {s.Host}:{s.Pid}  up {Since(s.StartedAt)}  heartbeat {Since(s.Heartbeat)} ago  models {models}");
+            Console.WriteLine($"  {Terminal.Escape(s.Name),-20} {Terminal.Escape(s.Host)}:{s.Pid}  up {Since(s.StartedAt)}  heartbeat {Since(s.Heartbeat)} ago  models {models}");
         }
     }
 
@@ -50,7 +50,7 @@ public static class StatusCommand
         {
             var counts = await ledger.CountTasksAsync(j.Id, ct);
             Console.WriteLine($"  {j.Id,6}  {State(j.State),-9}  {counts.Done}/{counts.Total} tasks  submitted {j.SubmittedAt:u}"
-                + (j.Error is null || j.State == JobState.Succeeded ? "" : $"  error: {j.Error}"));
+                + (j.Error is null || j.State == JobState.Succeeded ? "" : $"  error: {Terminal.Escape(j.Error)}"));
         }
     }
 
@@ -59,17 +59,17 @@ public static class StatusCommand
         var job = await ledger.GetJobAsync(id, ct) ?? throw new MergeException($"job {id}: no such job");
         var tasks = await ledger.ListTasksAsync(id, ct);
         Console.WriteLine($"job {id}: {State(job.State)}{(job.FinishedAt is null && job.State is JobState.Failed or JobState.Cancelled ? " (cleaning up)" : "")}");
-        Console.WriteLine($"  recipe directory: {job.RecipeDirectory}");
+        Console.WriteLine($"  recipe directory: {Terminal.Escape(job.RecipeDirectory)}");
         Console.WriteLine($"  submitted {job.SubmittedAt:u}{(job.FinishedAt is { } f ? $", finished {f:u} after {(f - job.SubmittedAt).TotalSeconds:0.0} s" : "")}");
-        if (job.Coordinator is not null) Console.WriteLine($"  coordinator: {job.Coordinator}");
-        if (job.Error is not null && job.State != JobState.Succeeded) Console.WriteLine($"  error: {job.Error}");
+        if (job.Coordinator is not null) Console.WriteLine($"  coordinator: {Terminal.Escape(job.Coordinator)}");
+        if (job.Error is not null && job.State != JobState.Succeeded) Console.WriteLine($"  error: {Terminal.Escape(job.Error)}");
         var byState = Enum.GetValues<TaskState>().Select(s => $"{tasks.Count(t => t.State == s)} {s.ToString().ToLowerInvariant()}");
         Console.WriteLine($"tasks: {tasks.Count} ({string.Join(", ", byState)}); {tasks.Sum(t => Math.Max(0, t.Attempts - 1))} retries");
         Console.WriteLine($"throughput: {Throughput(tasks)}");
         foreach (var t in tasks.Where(t => t.State is TaskState.Leased or TaskState.Failed || t.Attempts > 1))
         {
-            Console.WriteLine($"  {t.Name,-16} {t.State.ToString().ToLowerInvariant(),-7} attempts {t.Attempts}  silo {t.Silo ?? "-"}"
-                + (t.Error is null ? "" : $"  error: {t.Error}"));
+            Console.WriteLine($"  {Terminal.Escape(t.Name),-16} {t.State.ToString().ToLowerInvariant(),-7} attempts {t.Attempts}  silo {Terminal.Escape(t.Silo ?? "-")}"
+                + (t.Error is null ? "" : $"  error: {Terminal.Escape(t.Error)}"));
         }
     }
 

@@ -41,7 +41,7 @@ public static class SubmitCommand
             // Connecting (and the JIT it takes) runs beside the recipe's parse: the two are most of a submit's latency.
             // A recipe error still wins, and the process exits with the connection.
             var opening = Task.Run(() => LedgerOption.OpenClientAsync(parse.GetValue(ledger), listen: follow, ct), ct);
-            var text = await File.ReadAllTextAsync(file.FullName, ct);
+            var text = MergeCluster.Safetensors.RegularFile.ReadText(file.FullName, Recipe.MaxBytes, "the recipe");
             var directory = file.DirectoryName!;
             string options = "";
             if (parse.GetValue(engine) == "merge")

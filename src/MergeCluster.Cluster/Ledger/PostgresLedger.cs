@@ -172,7 +172,7 @@ public sealed class PostgresLedger : ILedger
             p.AddWithValue("lease", lease);
         }, ct) > 0;
 
-    public async Task AddTasksAsync(long jobId, string silo, IReadOnlyList<TaskSpec> tasks, CancellationToken ct)
+    public async Task AddTasksAsync(long jobId, string silo, IReadOnlyList<TaskSpec> tasks, CancellationToken ct, string? options = null)
     {
         var remaining = TaskGraph.Validate(tasks);
         var edges = tasks.SelectMany(t => t.DependsOn.Distinct(StringComparer.Ordinal).Select(d => (Task: t.Name, On: d))).ToArray();
@@ -180,6 +180,7 @@ public sealed class PostgresLedger : ILedger
         {
             p.AddWithValue("job", jobId);
             p.AddWithValue("silo", silo);
+            p.Add(Text("options", options));
             p.AddWithValue("max_attempts", _options.MaxAttempts);
             p.AddWithValue("names", tasks.Select(t => t.Name).ToArray());
             p.AddWithValue("kinds", tasks.Select(t => t.Kind).ToArray());

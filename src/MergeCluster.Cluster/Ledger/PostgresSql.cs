@@ -149,7 +149,7 @@ internal static class PostgresSql
     /// </summary>
     public const string AddTasks = $"""
         WITH job AS (
-            UPDATE mergecluster.jobs SET state = 'running'
+            UPDATE mergecluster.jobs SET state = 'running', options = COALESCE(@options, options)
             WHERE id = @job AND coordinator = @silo AND state = 'queued'
             RETURNING id),
         inserted AS (

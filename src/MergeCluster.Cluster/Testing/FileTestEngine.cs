@@ -56,7 +56,10 @@ public sealed class FileTestEngine(DataRoots roots) : IJobEngine
         return bytes;
     }
 
-    public Task<IReadOnlyList<TaskSpec>> PlanAsync(JobRecord job, IReadOnlyList<SiloRecord> silos, CancellationToken ct)
+    public Task<JobPlan> PlanAsync(JobRecord job, IReadOnlyList<SiloRecord> silos, CancellationToken ct) =>
+        Task.FromResult(new JobPlan(Tasks(job), job.Options));
+
+    private List<TaskSpec> Tasks(JobRecord job)
     {
         var recipe = Recipe.Parse(job.RecipeText);
         roots.Resolve(recipe.Output, job.RecipeDirectory); // refuses an output outside the data roots before any work
@@ -81,7 +84,7 @@ public sealed class FileTestEngine(DataRoots roots) : IJobEngine
             if (level.Count % 2 == 1) next.Add(level[^1]);
             level = next;
         }
-        return Task.FromResult<IReadOnlyList<TaskSpec>>(tasks);
+        return tasks;
     }
 
     public async Task RunTaskAsync(JobRecord job, TaskLease lease, CancellationToken ct)
@@ -140,7 +143,7 @@ public sealed class FileTestEngine(DataRoots roots) : IJobEngine
         var recipe = Recipe.Parse(job.RecipeText);
         var output = roots.Resolve(recipe.Output, job.RecipeDirectory);
         var scratch = Scratch(job, recipe);
-        var plan = await PlanAsync(job, [], ct);
+        var plan = Tasks(job);
         var root = Path.Join(scratch, $"{plan[^1].Name}.bin");
         if (!File.Exists(root) && File.Exists(output)) return; // assembled before a coordinator takeover
         var temp = $"{output}.job{job.Id}.tmp";

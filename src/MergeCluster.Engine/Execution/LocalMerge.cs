@@ -30,7 +30,7 @@ public static class LocalMerge
         long inputBytes = options.InputBytes ?? Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath }).InputBytes;
         long shardBytes = ShardBytesFor(inputBytes, options.Threads, options.ShardBytes);
         string jobOptions = new MergeJobOptions { Shape = options.Shape, ShardBytes = shardBytes, Output = options.OutputPath, HashInputs = options.HashInputs }.ToJson();
-        using var engine = new MergeJobEngine(null, options.Threads, progress);
+        using var engine = new MergeJobEngine(null, options.Threads, progress, embedded: true);
         var job = await EmbeddedRun.RunAsync(engine, recipe.Text, recipe.Directory, jobOptions, Math.Max(1, options.Threads), ct);
         ct.ThrowIfCancellationRequested();
         return job.State switch

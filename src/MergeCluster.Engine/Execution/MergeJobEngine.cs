@@ -36,6 +36,15 @@ public sealed record MergeJobOptions
     /// <summary>Record input hashes in the output metadata (needed for replay checks).</summary>
     public bool HashInputs { get; init; } = true;
 
+    // Set by planning: the files the plan created, which every task, the assembly and the cleanup use (job state, see JobPlan).
+
+    /// <summary>The preallocated temporary output (absolute), created exclusively under a random name beside the output.</summary>
+    public string? TempOutput { get; init; }
+    /// <summary>The temporary output's (device, inode) as "dev:ino": whoever opens it by path checks it is still that file.</summary>
+    public string? TempIdentity { get; init; }
+    /// <summary>The directory of a tree-shaped job's partial sums (absolute, random name); null for fused jobs.</summary>
+    public string? Scratch { get; init; }
+
     public string ToJson() => JsonSerializer.Serialize(this, JsonOptions);
     public static MergeJobOptions FromJson(string json) =>
         string.IsNullOrWhiteSpace(json) ? new() : JsonSerializer.Deserialize<MergeJobOptions>(json, JsonOptions) ?? new();
@@ -60,38 +69,67 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
 
     private readonly Func<string, string> _resolve;
     private readonly int _threads;
+    private readonly bool _embedded;
     private readonly ConcurrentDictionary<long, Lazy<JobContext>> _jobs = new();
     // The coordinator's plan, for this process's workers and assembly: a plan costs tens of milliseconds per input
     // (every header is read and validated), and the embedded default runs all three roles in one process.
     private readonly ConcurrentDictionary<long, MergePlan> _planned = new();
+    // The temporary outputs this process created, open (and, embedded, locked) until assembly or cleanup.
+    private readonly ConcurrentDictionary<long, SafetensorsWriter> _created = new();
 
     /// <param name="resolvePath">Maps an absolute path from a recipe to the path to open; the cluster confines it to data roots.</param>
     /// <param name="threads">Threads for hashing inputs while planning.</param>
     /// <param name="progress">Counters for a progress display, if any.</param>
-    public MergeJobEngine(Func<string, string>? resolvePath = null, int threads = 1, MergeProgress? progress = null)
+    /// <param name="embedded">
+    /// Every role of every job runs in this process (the embedded default): the temporary output is this process's
+    /// alone, locked while it lives, and stale ones of dead runs beside the output are removed. A cluster job's
+    /// temporary output outlives any one process and is left to the job's cleanup.
+    /// </param>
+    public MergeJobEngine(Func<string, string>? resolvePath = null, int threads = 1, MergeProgress? progress = null, bool embedded = false)
     {
         _resolve = resolvePath ?? (p => p);
         _threads = Math.Max(1, threads);
+        _embedded = embedded;
         Progress = progress;
     }
 
     public MergeProgress? Progress { get; }
 
-    /// <summary>Plans the job (checking every input header first), preallocates the output and returns its tasks.</summary>
-    public Task<IReadOnlyList<TaskSpec>> PlanAsync(JobRecord job, IReadOnlyList<SiloRecord> silos, CancellationToken ct)
+    /// <summary>
+    /// Plans the job (checking every input header first), hashes the inputs, creates the temporary output (exclusively,
+    /// random name, header written, full size) and for a tree the scratch directory, and returns the tasks with the
+    /// job's options completed by those paths.
+    /// </summary>
+    public Task<JobPlan> PlanAsync(JobRecord job, IReadOnlyList<SiloRecord> silos, CancellationToken ct) =>
+        // Minutes of reading and hashing for 50 checkpoints: off the coordinator's thread, which must see a cancel.
+        Task.Run(() => Plan(job, silos, ct), ct);
+
+    private JobPlan Plan(JobRecord job, IReadOnlyList<SiloRecord> silos, CancellationToken ct)
     {
         var options = MergeJobOptions.FromJson(job.Options);
         var recipe = ParseRecipe(job);
         var plan = Planner.Create(recipe, PlanOptionsFor(job, options, null));
         if (options.HashInputs)
-            plan = Planner.Create(recipe, PlanOptionsFor(job, options, InputHashes.Compute(plan.Inputs, _threads)));
+            plan = Planner.WithInputHashes(plan, InputHashes.Compute(plan.Inputs, _threads, ct, Progress), options.ShardBytes);
         ct.ThrowIfCancellationRequested();
         var shape = options.Shape == TaskShape.Auto ? ShapeFor(plan, silos) : options.Shape;
-        if (shape == TaskShape.Tree) Directory.CreateDirectory(ScratchDirectory(plan.OutputPath, job));
-        using (var writer = SafetensorsWriter.Create(plan.OutputPath, plan.Layout, TempOutputPath(plan.OutputPath, job)))
-            writer.Detach();
-        _planned[job.Id] = plan;
-        return Task.FromResult(Tasks(plan, shape, silos));
+        var writer = SafetensorsWriter.Create(plan.OutputPath, plan.Layout, _embedded ? null : job.Id);
+        string? scratch = null;
+        try
+        {
+            if (shape == TaskShape.Tree) scratch = OutputTemp.CreateDirectory(plan.OutputPath, job.Id);
+            var planned = options with { TempOutput = writer.TempPath, TempIdentity = writer.TempIdentity.ToString(), Scratch = scratch };
+            var tasks = Tasks(plan, shape, silos);
+            _created[job.Id] = writer;
+            _planned[job.Id] = plan;
+            return new JobPlan(tasks, planned.ToJson());
+        }
+        catch
+        {
+            writer.Dispose();
+            DeleteScratch(scratch);
+            throw;
+        }
     }
 
     public Task RunTaskAsync(JobRecord job, TaskLease lease, CancellationToken ct) =>
@@ -106,34 +144,60 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
             lazy.Value.Dispose();
         }
         _planned.TryRemove(job.Id, out var planned);
-        var plan = known ?? planned ?? Planner.Create(ParseRecipe(job), PlanOptionsFor(job, MergeJobOptions.FromJson(job.Options), null));
-        string temp = TempOutputPath(plan.OutputPath, job);
-        if (File.Exists(temp))
+        var options = MergeJobOptions.FromJson(job.Options);
+        var plan = known ?? planned ?? Planner.Create(ParseRecipe(job), PlanOptionsFor(job, options, null));
+        var (temp, identity) = TempOutputOf(job, options);
+        if (_created.TryRemove(job.Id, out var writer))
         {
-            // Verify before the rename: the reader's validation proves the file is complete (data ends exactly at EOF).
-            var header = SafetensorsFile.ReadHeader(temp, out _);
-            if (header.Tensors.Length != plan.Tensors.Length)
-                throw new PermanentTaskException($"{temp}: assembled output does not match the plan");
-            SafetensorsWriter.CommitExisting(temp, plan.OutputPath);
+            using (writer)
+            {
+                Verify(writer.Handle, writer.TempPath, plan);
+                writer.Commit();
+            }
         }
-        else if (!File.Exists(plan.OutputPath))
+        else if (RegularFile.IdentityOf(temp) is not null)
+        {
+            using (var handle = RegularFile.OpenOwned(temp, identity, write: false)) Verify(handle, temp, plan);
+            SafetensorsWriter.CommitExisting(temp, identity, plan.OutputPath);
+        }
+        // Assembly is idempotent: a coordinator that died after the rename left the output in place.
+        else if (RegularFile.IdentityOf(plan.OutputPath) != identity)
             throw new PermanentTaskException($"{plan.OutputPath}: the job's temporary output is gone");
-        DeleteScratch(plan.OutputPath, job);
+        DeleteScratch(ScratchOf(options));
         return Task.CompletedTask;
+    }
+
+    /// <summary>Before the rename: the reader's validation proves the file is complete (data ends exactly at EOF).</summary>
+    private static void Verify(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string temp, MergePlan plan)
+    {
+        var header = SafetensorsFile.ReadHeader(handle, temp, out _);
+        if (header.Tensors.Length != plan.Tensors.Length)
+            throw new PermanentTaskException($"{temp}: assembled output does not match the plan");
     }
 
     public Task CleanupAsync(JobRecord job, CancellationToken ct)
     {
         if (_jobs.TryRemove(job.Id, out var lazy) && lazy.IsValueCreated) lazy.Value.Dispose();
         _planned.TryRemove(job.Id, out _);
-        // Only the output path is needed, not a plan: a job that failed on a broken input still gets its files removed.
-        string output;
-        try { output = OutputPathFor(job); }
-        catch (MergeException) { return Task.CompletedTask; }
-        TryDelete(TempOutputPath(output, job));
-        DeleteScratch(output, job);
+        var options = MergeJobOptions.FromJson(job.Options);
+        // Only the paths planning recorded are removed, and the temporary output only while it is still the file
+        // planning created: a job that failed before its plan was stored has nothing of its own to remove.
+        if (_created.TryRemove(job.Id, out var writer)) writer.Dispose();
+        else if (options.TempOutput is not null && FileIdentity.TryParse(options.TempIdentity, out var identity))
+            RegularFile.DeleteIfOwned(_resolve(options.TempOutput), identity);
+        DeleteScratch(ScratchOf(options));
         return Task.CompletedTask;
     }
+
+    /// <summary>The temporary output planning created, as the job's options record it, confined like any other path.</summary>
+    private (string Path, FileIdentity Identity) TempOutputOf(JobRecord job, MergeJobOptions options)
+    {
+        if (options.TempOutput is null || !FileIdentity.TryParse(options.TempIdentity, out var identity))
+            throw new PermanentTaskException($"job {job.Id}: its options name no temporary output (was it planned by this version?)");
+        return (_resolve(options.TempOutput), identity);
+    }
+
+    private string? ScratchOf(MergeJobOptions options) => options.Scratch is null ? null : _resolve(options.Scratch);
 
     private void RunTask(JobRecord job, TaskLease lease, CancellationToken ct)
     {
@@ -211,21 +275,21 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     /// <summary>Re-derives the coordinator's plan from the recipe and the input hashes fixed in the preallocated output.</summary>
     private JobContext OpenJob(JobRecord job)
     {
-        if (_planned.TryGetValue(job.Id, out var own))
-        {
-            var existing = SafetensorsWriter.OpenExisting(own.OutputPath, TempOutputPath(own.OutputPath, job), own.Layout);
-            return new JobContext(own, new InputSet(own), existing, ScratchDirectory(own.OutputPath, job));
-        }
         var options = MergeJobOptions.FromJson(job.Options);
+        var (temp, identity) = TempOutputOf(job, options);
+        string? scratch = ScratchOf(options);
+        if (_planned.TryGetValue(job.Id, out var own))
+            return new JobContext(own, new InputSet(own), SafetensorsWriter.OpenExisting(own.OutputPath, temp, identity, own.Layout), scratch);
         var recipe = ParseRecipe(job);
-        string temp = TempOutputPath(OutputPathFor(job), job);
-        var header = SafetensorsFile.ReadHeader(temp, out long length);
-        var hashes = header.Metadata.TryGetValue(MergeMetadata.Inputs, out string? json) ? MergeMetadata.ParseInputs(json) : null;
+        SafetensorsHeader header;
+        long length;
+        using (var handle = RegularFile.OpenOwned(temp, identity, write: false)) header = SafetensorsFile.ReadHeader(handle, temp, out length);
+        var hashes = header.Metadata.TryGetValue(MergeMetadata.Inputs, out string? json) ? MergeMetadata.ParseInputs(json, temp) : null;
         var plan = Planner.Create(recipe, PlanOptionsFor(job, options, hashes));
         if (plan.Layout.DataStart != header.DataStart || plan.Layout.TotalLength != length)
             throw new MergeException($"{temp}: this silo's plan differs from the coordinator's (inputs changed since the job was planned?)");
-        var output = SafetensorsWriter.OpenExisting(plan.OutputPath, temp, plan.Layout);
-        return new JobContext(plan, new InputSet(plan), output, ScratchDirectory(plan.OutputPath, job));
+        var output = SafetensorsWriter.OpenExisting(plan.OutputPath, temp, identity, plan.Layout);
+        return new JobContext(plan, new InputSet(plan), output, scratch);
     }
 
     private static void WritePartial(JobContext context, Shard shard, PartialNode node, int attempt, Action<Stream> produce)
@@ -290,7 +354,7 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     }
 
     private static string PartialPath(JobContext context, Shard shard, PartialNode node) =>
-        Path.Combine(context.Scratch, node.Name(shard) + ".partial");
+        Path.Combine(context.Scratch ?? throw new PermanentTaskException("a tree task of a job planned without a scratch directory"), node.Name(shard) + ".partial");
 
     /// <summary>The task graph: per shard either one fused task, or leaves, pairwise reduces and a final task.</summary>
     public static IReadOnlyList<TaskSpec> Tasks(MergePlan plan, TaskShape shape, IReadOnlyList<SiloRecord> silos)
@@ -366,14 +430,6 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
 
     private Recipe ParseRecipe(JobRecord job) => Recipe.Parse(job.RecipeText, job.RecipeDirectory, $"job {job.Id} recipe");
 
-    /// <summary>The job's output path, resolved as the planner resolves it, without reading any input.</summary>
-    private string OutputPathFor(JobRecord job)
-    {
-        var options = MergeJobOptions.FromJson(job.Options);
-        var plan = PlanOptionsFor(job, options, null);
-        return plan.OutputPath ?? plan.ResolvePath!(ParseRecipe(job).Output.Path);
-    }
-
     private PlanOptions PlanOptionsFor(JobRecord job, MergeJobOptions options, IReadOnlyDictionary<string, string>? hashes) => new()
     {
         ShardBytes = options.ShardBytes,
@@ -382,16 +438,15 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         ResolvePath = p => _resolve(Path.GetFullPath(Path.Combine(job.RecipeDirectory, p))),
     };
 
-    public static string TempOutputPath(string outputPath, JobRecord job) =>
-        Path.Combine(Path.GetDirectoryName(outputPath)!, $".{Path.GetFileName(outputPath)}.job{job.Id}.tmp");
-
-    public static string ScratchDirectory(string outputPath, JobRecord job) =>
-        Path.Combine(Path.GetDirectoryName(outputPath)!, $".{Path.GetFileName(outputPath)}.job{job.Id}.scratch");
-
-    private static void DeleteScratch(string outputPath, JobRecord job)
+    private static void DeleteScratch(string? dir)
     {
-        string dir = ScratchDirectory(outputPath, job);
-        try { if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true); }
+        if (dir is null) return;
+        try
+        {
+            // The directory planning created, not whatever a link put in its place.
+            if (new DirectoryInfo(dir) is { Exists: true, LinkTarget: null }) Directory.Delete(dir, recursive: true);
+            else if (File.Exists(dir)) File.Delete(dir);
+        }
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
     }
@@ -406,15 +461,23 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         foreach (var ctx in _jobs.Values) if (ctx.IsValueCreated) ctx.Value.Dispose();
         _jobs.Clear();
         _planned.Clear();
+        // Jobs still unfinished when the engine goes: embedded, their temporary outputs go too; a cluster job's stay
+        // for whichever coordinator finishes or cleans up the job.
+        foreach (var writer in _created.Values)
+        {
+            if (_embedded) writer.Dispose();
+            else writer.Detach();
+        }
+        _created.Clear();
     }
 
     /// <summary>What a silo keeps open for a job while it runs its tasks.</summary>
-    private sealed class JobContext(MergePlan plan, InputSet inputs, SafetensorsWriter output, string scratch) : IDisposable
+    private sealed class JobContext(MergePlan plan, InputSet inputs, SafetensorsWriter output, string? scratch) : IDisposable
     {
         private readonly ConcurrentBag<ShardExecutor> _idle = new();
         public MergePlan Plan { get; } = plan;
         public SafetensorsWriter Output { get; } = output;
-        public string Scratch { get; } = scratch;
+        public string? Scratch { get; } = scratch;
 
         public ShardExecutor RentExecutor(MergeProgress? progress) => _idle.TryTake(out var e) ? e : new ShardExecutor(Plan, inputs, progress);
         public void ReturnExecutor(ShardExecutor executor) => _idle.Add(executor);

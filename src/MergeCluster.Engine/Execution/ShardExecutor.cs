@@ -295,11 +295,7 @@ internal static partial class Writeback
             begin = Math.Min(begin, output.Layout.FileOffset(t));
             end = Math.Max(end, output.Layout.FileOffset(t) + t.ByteLength);
         }
-        try
-        {
-            using var handle = File.OpenHandle(output.TempPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-            SyncFileRange(handle, begin, end - begin, SyncFileRangeWrite);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or EntryPointNotFoundException or DllNotFoundException) { }
+        try { SyncFileRange(output.Handle, begin, end - begin, SyncFileRangeWrite); }
+        catch (Exception e) when (e is ObjectDisposedException or EntryPointNotFoundException or DllNotFoundException) { }
     }
 }

@@ -33,8 +33,11 @@ public interface ILedger : IAsyncDisposable
     /// A zero duration hands the job over at once (a draining silo).
     /// </summary>
     Task<bool> RenewCoordinatorAsync(long jobId, string silo, TimeSpan lease, CancellationToken ct);
-    /// <summary>Stores the plan's tasks and moves the job to Running, in one transaction. Idempotent per job.</summary>
-    Task AddTasksAsync(long jobId, string silo, IReadOnlyList<TaskSpec> tasks, CancellationToken ct);
+    /// <summary>
+    /// Stores the plan's tasks and moves the job to Running, in one transaction; <paramref name="options"/>, when
+    /// given, replaces the job's options in the same transaction (the state planning created, see JobPlan). Idempotent per job.
+    /// </summary>
+    Task AddTasksAsync(long jobId, string silo, IReadOnlyList<TaskSpec> tasks, CancellationToken ct, string? options = null);
     /// <summary>
     /// Ends a job: Succeeded, Failed (with its error) or Cancelled, and sets FinishedAt. A job already failed by a
     /// task or cancelled keeps that state and its first error.

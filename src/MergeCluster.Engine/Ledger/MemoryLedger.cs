@@ -140,7 +140,7 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
         }
     }
 
-    public Task AddTasksAsync(long jobId, string silo, IReadOnlyList<TaskSpec> tasks, CancellationToken ct)
+    public Task AddTasksAsync(long jobId, string silo, IReadOnlyList<TaskSpec> tasks, CancellationToken ct, string? options = null)
     {
         var remaining = TaskGraph.Validate(tasks);
         lock (_lock)
@@ -160,7 +160,7 @@ public sealed class MemoryLedger(int maxAttempts = TaskGraph.DefaultMaxAttempts,
             }
             job.Planned = true;
             job.Open = job.Tasks.Count;
-            job.Record = job.Record with { State = JobState.Running };
+            job.Record = job.Record with { State = JobState.Running, Options = options ?? job.Record.Options };
         }
         _work.Pulse();
         return Task.CompletedTask;

@@ -81,10 +81,14 @@ public sealed class Coordinator(ILedger ledger, IJobEngine engine, string silo, 
 
     private async Task DriveAsync(JobRecord job, CancellationToken work, CancellationToken waiting)
     {
-        if (job.State == JobState.Queued && !await PlanAsync(job, work)) return;
+        string? planned = null;
+        if (job.State == JobState.Queued && (planned = await PlanAsync(job, work)) is null) return;
         while (true)
         {
             var current = await ledger.GetJobAsync(job.Id, waiting) ?? throw new InvalidOperationException($"job {job.Id} vanished from the ledger");
+            // The options this coordinator's plan made reach its cleanup even when the ledger did not take the tasks
+            // (the job was cancelled while it planned); a coordinator taking over reads them from the ledger.
+            if (planned is not null) current = current with { Options = planned };
             if (current.State is JobState.Failed or JobState.Cancelled)
             {
                 await EndAsync(current, current.State, current.Error, work);
@@ -101,32 +105,65 @@ public sealed class Coordinator(ILedger ledger, IJobEngine engine, string silo, 
         }
     }
 
-    /// <summary>Plans the job and stores its tasks; false when planning failed and the job has been ended.</summary>
-    private async Task<bool> PlanAsync(JobRecord job, CancellationToken ct)
+    /// <summary>Plans the job and stores its tasks; returns the plan's job options, or null when planning failed or was cancelled and the job has been ended.</summary>
+    private async Task<string?> PlanAsync(JobRecord job, CancellationToken ct)
     {
-        IReadOnlyList<TaskSpec> plan;
+        JobPlan plan;
         using (var activity = MergeTelemetry.Source.StartActivity(MergeTelemetry.PlanSpan))
         {
             activity?.SetTag(MergeTelemetry.JobTag, job.Id).SetTag(MergeTelemetry.SiloTag, silo);
             var silos = await ledger.LiveSilosAsync(options.LiveWithin, ct);
+            // Planning reads every header and hashes the inputs (minutes for 50 checkpoints): a cancel must stop it.
+            using var planning = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            var ended = WatchForEndAsync(job.Id, planning);
             // Only the engine's verdict fails the job; a ledger outage here propagates and the plan is retried.
             try
             {
-                plan = await engine.PlanAsync(job, silos, ct);
-                TaskGraph.Validate(plan);
-                activity?.SetTag("mergecluster.tasks", plan.Count).SetTag(MergeTelemetry.BytesTag, plan.Sum(t => t.Bytes));
+                plan = await engine.PlanAsync(job, silos, planning.Token);
+                TaskGraph.Validate(plan.Tasks);
+                activity?.SetTag("mergecluster.tasks", plan.Tasks.Count).SetTag(MergeTelemetry.BytesTag, plan.Tasks.Sum(t => t.Bytes));
             }
             catch (Exception e) when (!ct.IsCancellationRequested)
             {
-                activity?.SetStatus(ActivityStatusCode.Error, e.Message);
-                log($"coordinator: job {job.Id} cannot be planned: {e.Message}");
-                await EndAsync(job, JobState.Failed, $"plan: {e.Message.ReplaceLineEndings(" ")}", ct);
-                return false;
+                bool cancelled = planning.IsCancellationRequested;
+                activity?.SetStatus(ActivityStatusCode.Error, cancelled ? "cancelled" : e.Message);
+                log($"coordinator: job {job.Id} {(cancelled ? "was cancelled while it was planned" : $"cannot be planned: {e.Message}")}");
+                await EndAsync(job, cancelled ? JobState.Cancelled : JobState.Failed, cancelled ? null : $"plan: {e.Message.ReplaceLineEndings(" ")}", ct);
+                return null;
+            }
+            finally
+            {
+                planning.Cancel();
+                await ended;
             }
         }
-        await ledger.AddTasksAsync(job.Id, silo, plan, ct);
-        log($"coordinator: planned job {job.Id}: {plan.Count} tasks");
-        return true;
+        await ledger.AddTasksAsync(job.Id, silo, plan.Tasks, ct, plan.Options);
+        log($"coordinator: planned job {job.Id}: {plan.Tasks.Count} tasks");
+        return plan.Options;
+    }
+
+    /// <summary>Cancels <paramref name="planning"/> when the job is cancelled or failed in the ledger; returns when planning ends. Never throws.</summary>
+    private async Task WatchForEndAsync(long jobId, CancellationTokenSource planning)
+    {
+        try
+        {
+            while (!planning.IsCancellationRequested)
+            {
+                await ledger.WaitForJobChangeAsync(options.PollInterval, planning.Token);
+                var job = await ledger.GetJobAsync(jobId, planning.Token);
+                if (job is null || job.State is JobState.Cancelled or JobState.Failed)
+                {
+                    planning.Cancel();
+                    return;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (planning.IsCancellationRequested) { }
+        catch (Exception e)
+        {
+            // The ledger failed: planning goes on, uninterruptible until it ends, rather than fail the job.
+            log($"coordinator: cannot watch job {jobId} for a cancel while planning: {e.Message}");
+        }
     }
 
     private async Task AssembleAsync(JobRecord job, CancellationToken ct)

@@ -8,8 +8,11 @@ namespace MergeCluster.Engine.Runtime;
 /// </summary>
 public interface IJobEngine
 {
-    /// <summary>Validates the job and turns it into tasks with dependencies; called by the coordinator before any task exists.</summary>
-    Task<IReadOnlyList<TaskSpec>> PlanAsync(JobRecord job, IReadOnlyList<SiloRecord> silos, CancellationToken ct);
+    /// <summary>
+    /// Validates the job and turns it into tasks with dependencies; called by the coordinator before any task exists.
+    /// Cancelled (<paramref name="ct"/>) when the job is cancelled meanwhile; whatever it created by then it removes.
+    /// </summary>
+    Task<JobPlan> PlanAsync(JobRecord job, IReadOnlyList<SiloRecord> silos, CancellationToken ct);
 
     /// <summary>Runs one claimed task. Throwing <see cref="PermanentTaskException"/> fails the job without retries.</summary>
     Task RunTaskAsync(JobRecord job, TaskLease lease, CancellationToken ct);
@@ -27,6 +30,15 @@ public interface IJobEngine
     /// <summary>Removes a failed or cancelled job's scratch and temporary files.</summary>
     Task CleanupAsync(JobRecord job, CancellationToken ct);
 }
+
+/// <summary>
+/// What planning produced: the tasks, and the job's options as planning completed them. The plan may create files
+/// every later step needs (the merge's temporary output, created under a random name so that no one can plant a link
+/// there); their paths are job state, carried in <see cref="Options"/>. The runtime stores the options with the tasks,
+/// in the same transaction, and every later call of the engine for this job (run, task done, assemble, cleanup), in
+/// any process, receives them as <see cref="JobRecord.Options"/>.
+/// </summary>
+public sealed record JobPlan(IReadOnlyList<TaskSpec> Tasks, string Options);
 
 /// <summary>A task failure that retrying cannot fix (a corrupt input, a recipe error).</summary>
 public sealed class PermanentTaskException(string message, Exception? inner = null) : Exception(message, inner);

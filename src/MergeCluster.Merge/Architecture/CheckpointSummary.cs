@@ -86,7 +86,7 @@ public sealed class CheckpointSummary
         var work = new List<Action>();
         if (hashes)
         {
-            work.Add(() => sha256 = ModelHashes.FullSha256(file.Path));
+            work.Add(() => sha256 = ModelHashes.FullSha256(file.Path, cancellation));
             work.Add(() => legacy = ModelHashes.Legacy(file.Path));
             for (int i = 0; i < shown.Length; i++)
             {

@@ -24,8 +24,8 @@ public sealed record ComponentRule(
     MissingPolicy? Missing,
     int Line);
 
-/// <summary>Where the merged checkpoint goes and the dtype its float tensors are rounded to.</summary>
-public sealed record RecipeOutput(string Path, DType DType, int Line);
+/// <summary>Where the merged checkpoint goes (null when the recipe leaves it to `-o`) and the dtype its float tensors are rounded to.</summary>
+public sealed record RecipeOutput(string? Path, DType DType, int Line);
 
 /// <summary>
 /// A merge recipe: named models, an optional base, one rule per component, the output, and the reduction group size
@@ -36,6 +36,10 @@ public sealed class Recipe
     /// <summary>The rule key that covers every component without a rule of its own.</summary>
     public const string AllComponents = "all";
     public const int DefaultReduceGroup = 8;
+    /// <summary>Largest recipe file read: a recipe of 1,000 models is about 50 KB, and its text goes into the output's header.</summary>
+    public const long MaxBytes = 1 << 20;
+
+    private readonly Dictionary<string, int> _modelIndex;
 
     internal Recipe(string source, string directory, string text, ImmutableArray<RecipeModel> models, string? baseModel,
         MissingPolicy missing, ImmutableDictionary<string, ComponentRule> components, RecipeOutput output, int reduceGroup)
@@ -49,6 +53,8 @@ public sealed class Recipe
         Components = components;
         Output = output;
         ReduceGroup = reduceGroup;
+        _modelIndex = new Dictionary<string, int>(models.Length, StringComparer.Ordinal);
+        for (int i = 0; i < models.Length; i++) _modelIndex.TryAdd(models[i].Name, i);
     }
 
     /// <summary>The file (or label) the recipe came from, for error messages.</summary>
@@ -64,15 +70,16 @@ public sealed class Recipe
     public RecipeOutput Output { get; }
     public int ReduceGroup { get; }
 
-    public int ModelIndex(string name)
-    {
-        for (int i = 0; i < Models.Length; i++)
-            if (Models[i].Name == name) return i;
-        return -1;
-    }
+    public int ModelIndex(string name) => _modelIndex.TryGetValue(name, out int i) ? i : -1;
 
     public string ModelPath(int index) => ResolvePath(Models[index].Path);
-    public string OutputPath => ResolvePath(Output.Path);
+
+    /// <summary>The output's absolute path; a recipe whose output names only a dtype needs `-o`.</summary>
+    public string OutputPath => ResolvePath(OutputPathAsWritten);
+
+    /// <summary>The output path as the recipe writes it (relative to <see cref="Directory"/>).</summary>
+    public string OutputPathAsWritten => Output.Path
+        ?? throw new MergeException($"{Source}:{Output.Line}: output has no path; give output.path in the recipe or -o OUT");
 
     public string ResolvePath(string path) => System.IO.Path.GetFullPath(System.IO.Path.Combine(Directory, path));
 
@@ -84,10 +91,11 @@ public sealed class Recipe
     {
         string full = System.IO.Path.GetFullPath(path);
         string text;
-        try { text = File.ReadAllText(full); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        // A regular file only: a FIFO named as the recipe is refused instead of blocking the command forever.
+        try { text = RegularFile.ReadText(full, MaxBytes, "the recipe"); }
+        catch (SafetensorsException e)
         {
-            throw new MergeException($"{path}: cannot read recipe: {(e is FileNotFoundException ? "file not found" : e.Message)}", e);
+            throw new MergeException($"{path}: cannot read recipe: {e.Detail}", e);
         }
         return RecipeParser.Parse(text, System.IO.Path.GetDirectoryName(full)!, path);
     }

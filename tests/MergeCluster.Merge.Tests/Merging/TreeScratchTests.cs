@@ -70,9 +70,10 @@ public class TaskShapeTests
         var job = new Engine.Ledger.JobRecord(7, Engine.Ledger.JobState.Running, File.ReadAllText(dir.File("recipe.yaml")), dir.Path,
             new MergeJobOptions { HashInputs = false }.ToJson(), "a", null, null, DateTimeOffset.UtcNow, null, null);
         using var engine = new MergeJobEngine();
-        var tasks = await engine.PlanAsync(job, [Silo("a", "m0.safetensors"), Silo("b", "m1.safetensors")], CancellationToken.None);
-        Assert.Contains(tasks, t => t.Kind == "leaf");
-        Assert.Single(Directory.EnumerateDirectories(dir.Path, "*.scratch"));
-        await engine.CleanupAsync(job, CancellationToken.None);
+        var planned = await engine.PlanAsync(job, [Silo("a", "m0.safetensors"), Silo("b", "m1.safetensors")], CancellationToken.None);
+        Assert.Contains(planned.Tasks, t => t.Kind == "leaf");
+        Assert.Equal(MergeJobOptions.FromJson(planned.Options).Scratch, Assert.Single(Directory.EnumerateDirectories(dir.Path, "*.scratch")));
+        await engine.CleanupAsync(job with { Options = planned.Options }, CancellationToken.None);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(dir.Path, ".*"));
     }
 }
