@@ -6,20 +6,25 @@ using Microsoft.Win32.SafeHandles;
 
 namespace MergeCluster.Safetensors;
 
-/// <summary>Which file a path names: two paths reach the same file exactly when device and inode agree (hard links, symlinks, bind mounts).</summary>
-public readonly record struct FileIdentity(ulong Device, ulong Inode)
+/// <summary>
+/// Which file a path names: two paths reach the same file exactly when device and inode agree (hard links, symlinks,
+/// bind mounts). The birth time, where the filesystem keeps one, tells a file from a later one that reuses its inode
+/// number after it was deleted; it is 0 where unknown.
+/// </summary>
+public readonly record struct FileIdentity(ulong Device, ulong Inode, long Birth = 0)
 {
-    public override string ToString() => $"{Device}:{Inode}";
+    public override string ToString() => $"{Device}:{Inode}:{Birth}";
 
     public static bool TryParse(string? text, out FileIdentity identity)
     {
         identity = default;
-        int colon = text?.IndexOf(':') ?? -1;
-        if (colon <= 0
-            || !ulong.TryParse(text.AsSpan(0, colon), NumberStyles.None, CultureInfo.InvariantCulture, out ulong device)
-            || !ulong.TryParse(text.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out ulong inode))
+        var parts = (text ?? "").Split(':');
+        if (parts.Length != 3
+            || !ulong.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out ulong device)
+            || !ulong.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out ulong inode)
+            || !long.TryParse(parts[2], NumberStyles.None, CultureInfo.InvariantCulture, out long birth))
             return false;
-        identity = new FileIdentity(device, inode);
+        identity = new FileIdentity(device, inode, birth);
         return true;
     }
 }
@@ -37,7 +42,7 @@ public static partial class RegularFile
     private static readonly int NoFollow = RuntimeInformation.ProcessArchitecture is Architecture.Arm or Architecture.Arm64 or Architecture.Ppc64le ? 0x8000 : 0x20000;
     private const int ReadOnly = 0, ReadWrite = 2, Create = 0x40, Exclusive = 0x80, NonBlock = 0x800, CloseOnExec = 0x80000;
     private const int AtFdCwd = -100, AtSymlinkNoFollow = 0x100, AtEmptyPath = 0x1000;
-    private const uint StatxBasicStats = 0x7ff;
+    private const uint StatxBasicStats = 0x7ff, StatxBirthTime = 0x800;
     private const int LockExclusive = 2, LockNonBlocking = 4;
     private const int FGetFl = 3, FSetFl = 4;
     private const int ENoEnt = 2, EAccess = 13, EExist = 17, ELoop = 40, ENotDir = 20, EIsDir = 21;
@@ -45,13 +50,17 @@ public static partial class RegularFile
     [StructLayout(LayoutKind.Explicit, Size = 256)]
     private struct Statx
     {
+        [FieldOffset(0)] public uint Mask;
         [FieldOffset(28)] public ushort Mode;
         [FieldOffset(32)] public ulong Inode;
         [FieldOffset(40)] public ulong Size;
+        [FieldOffset(80)] public long BirthSeconds;
+        [FieldOffset(88)] public uint BirthNanoseconds;
         [FieldOffset(136)] public uint DeviceMajor;
         [FieldOffset(140)] public uint DeviceMinor;
 
-        public readonly FileIdentity Identity => new(((ulong)DeviceMajor << 32) | DeviceMinor, Inode);
+        public readonly FileIdentity Identity => new(((ulong)DeviceMajor << 32) | DeviceMinor, Inode,
+            (Mask & StatxBirthTime) != 0 ? BirthSeconds * 1_000_000_000 + BirthNanoseconds : 0);
         public readonly int Type => Mode & 0xF000;
     }
 
@@ -122,7 +131,7 @@ public static partial class RegularFile
     public static FileIdentity? IdentityOf(string path)
     {
         CheckPath(path);
-        if (StatxPath(AtFdCwd, path, 0, StatxBasicStats, out var st) == 0) return st.Identity;
+        if (StatxPath(AtFdCwd, path, 0, StatxBasicStats | StatxBirthTime, out var st) == 0) return st.Identity;
         int errno = Marshal.GetLastPInvokeError();
         return errno is ENoEnt or ENotDir ? null : throw Failure(path, errno, "cannot stat");
     }
@@ -144,7 +153,7 @@ public static partial class RegularFile
     /// <summary>Removes <paramref name="path"/> if it is still the file <paramref name="expected"/> (not followed through a link); true when removed.</summary>
     public static bool DeleteIfOwned(string path, FileIdentity expected)
     {
-        if (path.Contains('\0') || StatxPath(AtFdCwd, path, AtSymlinkNoFollow, StatxBasicStats, out var st) != 0 || st.Identity != expected) return false;
+        if (path.Contains('\0') || StatxPath(AtFdCwd, path, AtSymlinkNoFollow, StatxBasicStats | StatxBirthTime, out var st) != 0 || st.Identity != expected) return false;
         return UnlinkFile(path) == 0;
     }
 
@@ -201,7 +210,7 @@ public static partial class RegularFile
     private static Statx Stat(SafeFileHandle handle, string path)
     {
         Debug.Assert(!handle.IsInvalid);
-        if (StatxHandle(handle, "", AtEmptyPath, StatxBasicStats, out var st) != 0) throw Failure(path, Marshal.GetLastPInvokeError(), "cannot stat");
+        if (StatxHandle(handle, "", AtEmptyPath, StatxBasicStats | StatxBirthTime, out var st) != 0) throw Failure(path, Marshal.GetLastPInvokeError(), "cannot stat");
         return st;
     }
 
