@@ -24,10 +24,15 @@ public static class MergeCommand
         var unverified = new Option<bool>("--unverified") { Description = "With --from-metadata: replay a file that records no input hashes (merged with --no-hash), which cannot be checked" };
         var shardMb = new Option<int>("--shard-mb") { Description = "Most input megabytes per shard (does not change the output)", DefaultValueFactory = _ => 256 };
         var noHash = new Option<bool>("--no-hash") { Description = "Do not hash inputs into the output metadata (the merge can then not be verified on replay)" };
+        var nonFinite = new Option<NonFinitePolicy>("--nonfinite")
+        {
+            Description = "An output tensor with NaN or infinite values: warn (name it and the inputs it came from), error (write nothing), keep (say nothing)",
+            DefaultValueFactory = _ => NonFinitePolicy.Warn,
+        };
 
         var command = new Command("merge", "Merge checkpoints component by component as a recipe says, exactly (float64 sums, rounded once)")
         {
-            recipeArg, output, threads, dryRun, fromMetadata, modelsDir, unverified, shardMb, noHash,
+            recipeArg, output, threads, dryRun, fromMetadata, modelsDir, unverified, shardMb, noHash, nonFinite,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -45,6 +50,7 @@ public static class MergeCommand
                 return 0;
             }
 
+            var found = new System.Collections.Concurrent.ConcurrentQueue<NonFiniteTensor>();
             var options = new LocalMergeOptions
             {
                 Threads = t,
@@ -52,6 +58,8 @@ public static class MergeCommand
                 ShardBytes = maxShard,
                 HashInputs = !parse.GetValue(noHash),
                 InputBytes = plan.InputBytes,
+                NonFinite = parse.GetValue(nonFinite),
+                OnNonFinite = found.Enqueue,
             };
             var progress = new MergeProgress();
             var clock = Stopwatch.StartNew();
@@ -63,6 +71,7 @@ public static class MergeCommand
             }, ct);
             double seconds = clock.Elapsed.TotalSeconds;
             Console.WriteLine($"wrote {Terminal.Escape(plan.OutputPath)} ({Units.Bytes(plan.OutputBytes)}, {plan.Tensors.Length} tensors) in {seconds:F1} s; read {Units.Bytes(progress.InputBytes)} at {Units.Bytes((long)(progress.InputBytes / Math.Max(seconds, 1e-9)))}/s");
+            WarnNonFinite(plan.OutputPath, found.ToList());
             return 0;
         });
         return command;
@@ -115,6 +124,15 @@ public static class MergeCommand
             .ToList();
         if (changed.Count > 0)
             throw new MergeException($"{source}: inputs changed since the merge: {string.Join("; ", changed)}");
+    }
+
+    /// <summary>One line per tensor with NaN or infinite values (the first ten), naming where they came from.</summary>
+    private static void WarnNonFinite(string output, IReadOnlyList<NonFiniteTensor> found)
+    {
+        const int shown = 10;
+        foreach (var t in found.Take(shown))
+            Console.Error.WriteLine($"warning: {Terminal.Escape(output)}: tensor '{Terminal.Escape(t.Key)}' has NaN or infinite values: {Terminal.Escape(t.Cause)}");
+        if (found.Count > shown) Console.Error.WriteLine($"warning: {Terminal.Escape(output)}: and {found.Count - shown} more tensors with NaN or infinite values (inspect --scan lists them)");
     }
 
     internal static void PrintPlan(MergePlan plan)

@@ -18,6 +18,11 @@ public static class SubmitCommand
         var wait = new Option<bool>("--wait") { Description = "show progress until the job ends; exit non-zero unless it succeeded" };
         var shardMb = new Option<int>("--shard-mb") { Description = "input megabytes per shard (does not change the output)", DefaultValueFactory = _ => 256 };
         var noHash = new Option<bool>("--no-hash") { Description = "do not hash inputs into the output metadata" };
+        var nonFinite = new Option<NonFinitePolicy>("--nonfinite")
+        {
+            Description = "an output tensor with NaN or infinite values: error fails the job (nothing written); warn and keep write it (warn records the tensors on the task spans)",
+            DefaultValueFactory = _ => NonFinitePolicy.Warn,
+        };
         var shape = new Option<TaskShape>("--shape")
         {
             Description = "tasks per shard: fused (one task), tree (leaf, reduce and final tasks), or auto: tree only when no silo holds every model",
@@ -32,6 +37,7 @@ public static class SubmitCommand
         command.Options.Add(shardMb);
         command.Options.Add(noHash);
         command.Options.Add(shape);
+        command.Options.Add(nonFinite);
         command.Options.Add(engine);
         command.SetAction(async (parse, ct) =>
         {
@@ -48,7 +54,7 @@ public static class SubmitCommand
             {
                 // Mistakes in the recipe itself fail here, with their line; paths are checked by the silos against their data roots.
                 _ = Recipe.Parse(text, directory, file.FullName);
-                options = new MergeJobOptions { Shape = parse.GetValue(shape), ShardBytes = Math.Max(1, parse.GetValue(shardMb)) * (1L << 20), HashInputs = !parse.GetValue(noHash) }.ToJson();
+                options = new MergeJobOptions { Shape = parse.GetValue(shape), ShardBytes = Math.Max(1, parse.GetValue(shardMb)) * (1L << 20), HashInputs = !parse.GetValue(noHash), NonFinite = parse.GetValue(nonFinite) }.ToJson();
             }
 
             await using var client = await opening;

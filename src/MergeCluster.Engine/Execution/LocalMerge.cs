@@ -15,6 +15,9 @@ public sealed record LocalMergeOptions
     public string? OutputPath { get; init; }
     public bool HashInputs { get; init; } = true;
     public TaskShape Shape { get; init; } = TaskShape.Fused;
+    public NonFinitePolicy NonFinite { get; init; } = NonFinitePolicy.Warn;
+    /// <summary>Told of each output tensor with NaN or infinite values, after the output is written (policy warn).</summary>
+    public Action<NonFiniteTensor>? OnNonFinite { get; init; }
     /// <summary>Bytes the recipe reads, when the caller has planned it already; otherwise it is planned once more to size the shards.</summary>
     public long? InputBytes { get; init; }
 }
@@ -29,8 +32,11 @@ public static class LocalMerge
     {
         long inputBytes = options.InputBytes ?? Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath }).InputBytes;
         long shardBytes = ShardBytesFor(inputBytes, options.Threads, options.ShardBytes);
-        string jobOptions = new MergeJobOptions { Shape = options.Shape, ShardBytes = shardBytes, Output = options.OutputPath, HashInputs = options.HashInputs }.ToJson();
-        using var engine = new MergeJobEngine(null, options.Threads, progress, embedded: true);
+        string jobOptions = new MergeJobOptions
+        {
+            Shape = options.Shape, ShardBytes = shardBytes, Output = options.OutputPath, HashInputs = options.HashInputs, NonFinite = options.NonFinite,
+        }.ToJson();
+        using var engine = new MergeJobEngine(null, options.Threads, progress, embedded: true) { OnNonFinite = options.OnNonFinite };
         var job = await EmbeddedRun.RunAsync(engine, recipe.Text, recipe.Directory, jobOptions, Math.Max(1, options.Threads), ct);
         ct.ThrowIfCancellationRequested();
         return job.State switch

@@ -26,6 +26,26 @@ public enum TaskShape
     Auto,
 }
 
+/// <summary>What a merge does with an output tensor that holds NaN or an infinity.</summary>
+public enum NonFinitePolicy
+{
+    /// <summary>Write the file and name the tensors and the inputs they came from.</summary>
+    Warn,
+    /// <summary>Fail the merge: no output is written and an existing one stays as it was.</summary>
+    Error,
+    /// <summary>Write the file without checking.</summary>
+    Keep,
+}
+
+/// <summary>An output tensor with NaN or infinite values, and the models whose tensor holds such values; none means the merge itself overflowed.</summary>
+public sealed record NonFiniteTensor(string Key, IReadOnlyList<string> Inputs, DType Output)
+{
+    /// <summary>Where the values came from, for messages.</summary>
+    public string Cause => Inputs.Count == 0
+        ? $"no input holds such values there: the result overflowed {Output.Name()}"
+        : $"model{(Inputs.Count > 1 ? "s" : "")} {string.Join(", ", Inputs.Select(i => $"'{i}'"))} hold{(Inputs.Count > 1 ? "" : "s")} such values there";
+}
+
 /// <summary>Per-job settings carried in the ledger's job row as JSON.</summary>
 public sealed record MergeJobOptions
 {
@@ -35,6 +55,7 @@ public sealed record MergeJobOptions
     public string? Output { get; init; }
     /// <summary>Record input hashes in the output metadata (needed for replay checks).</summary>
     public bool HashInputs { get; init; } = true;
+    public NonFinitePolicy NonFinite { get; init; } = NonFinitePolicy.Warn;
 
     // Set by planning: the files the plan created, which every task, the assembly and the cleanup use (job state, see JobPlan).
 
@@ -96,6 +117,12 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     public MergeProgress? Progress { get; }
 
     /// <summary>
+    /// Told, after a job's output is committed in this process, of each tensor with NaN or infinite values (policy
+    /// warn). A cluster job's tensors are known to the silos that computed them, which record them on their task spans.
+    /// </summary>
+    public Action<NonFiniteTensor>? OnNonFinite { get; init; }
+
+    /// <summary>
     /// Plans the job (checking every input header first), hashes the inputs, creates the temporary output (exclusively,
     /// random name, header written, full size) and for a tree the scratch directory, and returns the tasks with the
     /// job's options completed by those paths.
@@ -138,9 +165,12 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     public Task AssembleAsync(JobRecord job, CancellationToken ct)
     {
         MergePlan? known = null;
+        List<NonFiniteTensor> nonFinite = [];
         if (_jobs.TryRemove(job.Id, out var lazy) && lazy.IsValueCreated)
         {
             known = lazy.Value.Plan;
+            // The inputs are looked at only now, and only for the tensors found non-finite: the merge's loops stay clean.
+            foreach (var t in lazy.Value.NonFinite.Values.OrderBy(t => t.Index)) nonFinite.Add(Describe(lazy.Value, t));
             lazy.Value.Dispose();
         }
         _planned.TryRemove(job.Id, out var planned);
@@ -164,7 +194,30 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         else if (RegularFile.IdentityOf(plan.OutputPath) != identity)
             throw new PermanentTaskException($"{plan.OutputPath}: the job's temporary output is gone");
         DeleteScratch(ScratchOf(options));
+        foreach (var t in nonFinite) OnNonFinite?.Invoke(t);
         return Task.CompletedTask;
+    }
+
+    /// <summary>Which of a non-finite output tensor's sources hold NaN or infinite values, read from the mapped inputs.</summary>
+    private static NonFiniteTensor Describe(JobContext context, PlannedTensor tensor)
+    {
+        const int window = 4 << 20;
+        var names = new List<string>();
+        foreach (var term in tensor.Terms)
+        {
+            string name = context.Plan.Inputs[term.Input].Name;
+            if (names.Contains(name) || !term.Tensor.DType.IsFloat()) continue;
+            for (long offset = 0; offset < term.Tensor.ByteLength; offset += window)
+            {
+                int length = (int)Math.Min(window, term.Tensor.ByteLength - offset);
+                long bad = DTypeConvert.CountNonFinite(term.Tensor.DType, context.Inputs.Window(term, offset, length));
+                context.Inputs.Release(term, offset, length);
+                if (bad == 0) continue;
+                names.Add(name);
+                break;
+            }
+        }
+        return new NonFiniteTensor(tensor.Output.Key, names, tensor.Output.DType);
     }
 
     /// <summary>Before the rename: the reader's validation proves the file is complete (data ends exactly at EOF).</summary>
@@ -246,6 +299,7 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
                 default:
                     throw new PermanentTaskException($"unknown task kind '{lease.Kind}'");
             }
+            RefuseNonFinite(context, shard);
         }
         catch (Exception e) when (e is MergeException or SafetensorsException)
         {
@@ -260,6 +314,23 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
             MergeTelemetry.BytesWritten.Add(written);
             context.ReturnExecutor(executor);
         }
+    }
+
+    /// <summary>
+    /// Records the shard's non-finite tensors on the task's span, and under <see cref="NonFinitePolicy.Error"/> fails
+    /// the job (permanently: the inputs will not change), so nothing is written.
+    /// </summary>
+    private static void RefuseNonFinite(JobContext context, Shard shard)
+    {
+        if (context.NonFinite.IsEmpty) return;
+        var found = shard.TensorIndices.Where(context.NonFinite.ContainsKey).Select(i => context.Plan.Tensors[i]).ToList();
+        if (found.Count == 0) return;
+        foreach (var t in found)
+            Activity.Current?.AddEvent(new ActivityEvent("mergecluster.nonfinite", tags: new ActivityTagsCollection { ["mergecluster.key"] = t.Output.Key }));
+        if (context.Policy != NonFinitePolicy.Error) return;
+        var first = Describe(context, found[0]);
+        throw new PermanentTaskException($"{context.Plan.OutputPath}: tensor '{first.Key}': the merged values include NaN or infinity ({first.Cause})"
+            + (found.Count > 1 ? $", and {found.Count - 1} more tensors of this shard do" : "") + "; --nonfinite error writes nothing (warn or keep would write the file)");
     }
 
     /// <summary>The models a task reads, for its span: all of the shard's, or one reduction group's.</summary>
@@ -279,7 +350,7 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         var (temp, identity) = TempOutputOf(job, options);
         string? scratch = ScratchOf(options);
         if (_planned.TryGetValue(job.Id, out var own))
-            return new JobContext(own, new InputSet(own), SafetensorsWriter.OpenExisting(own.OutputPath, temp, identity, own.Layout), scratch);
+            return new JobContext(own, new InputSet(own), SafetensorsWriter.OpenExisting(own.OutputPath, temp, identity, own.Layout), scratch, options.NonFinite);
         var recipe = ParseRecipe(job);
         SafetensorsHeader header;
         long length;
@@ -289,7 +360,7 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
         if (plan.Layout.DataStart != header.DataStart || plan.Layout.TotalLength != length)
             throw new MergeException($"{temp}: this silo's plan differs from the coordinator's (inputs changed since the job was planned?)");
         var output = SafetensorsWriter.OpenExisting(plan.OutputPath, temp, identity, plan.Layout);
-        return new JobContext(plan, new InputSet(plan), output, scratch);
+        return new JobContext(plan, new InputSet(plan), output, scratch, options.NonFinite);
     }
 
     private static void WritePartial(JobContext context, Shard shard, PartialNode node, int attempt, Action<Stream> produce)
@@ -472,20 +543,25 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     }
 
     /// <summary>What a silo keeps open for a job while it runs its tasks.</summary>
-    private sealed class JobContext(MergePlan plan, InputSet inputs, SafetensorsWriter output, string? scratch) : IDisposable
+    private sealed class JobContext(MergePlan plan, InputSet inputs, SafetensorsWriter output, string? scratch, NonFinitePolicy policy) : IDisposable
     {
         private readonly ConcurrentBag<ShardExecutor> _idle = new();
         public MergePlan Plan { get; } = plan;
+        public InputSet Inputs { get; } = inputs;
         public SafetensorsWriter Output { get; } = output;
         public string? Scratch { get; } = scratch;
+        public NonFinitePolicy Policy { get; } = policy;
+        /// <summary>Output tensors with NaN or infinite values, by plan index, as this process's tasks found them.</summary>
+        public ConcurrentDictionary<int, PlannedTensor> NonFinite { get; } = new();
 
-        public ShardExecutor RentExecutor(MergeProgress? progress) => _idle.TryTake(out var e) ? e : new ShardExecutor(Plan, inputs, progress);
+        public ShardExecutor RentExecutor(MergeProgress? progress) => _idle.TryTake(out var e) ? e
+            : new ShardExecutor(Plan, Inputs, progress) { NonFinite = Policy == NonFinitePolicy.Keep ? null : t => NonFinite[t.Index] = t };
         public void ReturnExecutor(ShardExecutor executor) => _idle.Add(executor);
 
         public void Dispose()
         {
             Output.Dispose();
-            inputs.Dispose();
+            Inputs.Dispose();
         }
     }
 }

@@ -40,6 +40,12 @@ public sealed unsafe class ShardExecutor
     /// <summary>Bytes this executor wrote to the output and partials.</summary>
     public long BytesWritten { get; private set; }
 
+    /// <summary>
+    /// Told of each output tensor with a NaN or infinite value (one from an input, or an overflow when rounding),
+    /// found on the float64 results while they are in cache; null skips the check.
+    /// </summary>
+    public Action<PlannedTensor>? NonFinite { get; init; }
+
     public ShardExecutor(MergePlan plan, InputSet inputs, MergeProgress? progress = null, int chunkElements = DefaultChunkElements)
     {
         _plan = plan;
@@ -77,6 +83,7 @@ public sealed unsafe class ShardExecutor
                 continue;
             }
             int outSize = tensor.Output.DType.Size();
+            bool finite = true;
             for (long start = 0; start < tensor.ElementCount; start += _chunk)
             {
                 int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
@@ -88,10 +95,12 @@ public sealed unsafe class ShardExecutor
                     if (!ReductionTree.Reduce(_present, _groups, _plan.GroupCount, m))
                         throw new InvalidOperationException($"tensor '{tensor.Output.Key}' has no terms");
                     MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
+                    finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType);
                 }
                 ReleaseTerms(tensor, -1, start, n);
                 WriteOutput(tensor, start, n, output);
             }
+            if (!finite) NonFinite!(tensor);
         }
         Writeback.Start(output, shard, _plan);
     }
@@ -161,6 +170,7 @@ public sealed unsafe class ShardExecutor
             if (root is null || rootData is null || !root.Has(tensor))
                 throw new InvalidOperationException($"root partial lacks '{tensor.Output.Key}'");
             int outSize = tensor.Output.DType.Size();
+            bool finite = true;
             for (long start = 0; start < tensor.ElementCount; start += _chunk)
             {
                 int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
@@ -169,9 +179,11 @@ public sealed unsafe class ShardExecutor
                     int m = Math.Min(_block, n - b);
                     ReadDoubles(rootData, _groups[0].AsSpan(0, m));
                     MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
+                    finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType);
                 }
                 WriteOutput(tensor, start, n, output);
             }
+            if (!finite) NonFinite!(tensor);
         }
     }
 
@@ -239,6 +251,7 @@ public sealed unsafe class ShardExecutor
         var term = tensor.Terms[0];
         var from = term.Tensor.DType;
         var to = tensor.Output.DType;
+        bool finite = true;
         for (long start = 0; start < tensor.ElementCount; start += _chunk)
         {
             ct.ThrowIfCancellationRequested();
@@ -249,6 +262,7 @@ public sealed unsafe class ShardExecutor
             if (from == to)
             {
                 output.Write(tensor.Output, start * to.Size(), raw);
+                finite = finite && (NonFinite is null || !to.IsFloat() || DTypeConvert.CountNonFinite(to, raw) == 0);
             }
             else
             {
@@ -258,13 +272,18 @@ public sealed unsafe class ShardExecutor
                     var values = _groups[0].AsSpan(0, m);
                     DTypeConvert.ToFloat64(from, raw.Slice(b * from.Size(), m * from.Size()), values);
                     DTypeConvert.FromFloat64(values, to, _out.AsSpan(b * to.Size(), m * to.Size()));
+                    finite = finite && Finite(values, to);
                 }
                 output.Write(tensor.Output, start * to.Size(), _out.AsSpan(0, n * to.Size()));
             }
             _inputs.Release(term, start * from.Size(), raw.Length);
             _progress?.Add(raw.Length, (long)n * to.Size(), tensor.Component);
         }
+        if (!finite) NonFinite!(tensor);
     }
+
+    /// <summary>Whether a block of results rounds to finite values; always true when nobody asked (<see cref="NonFinite"/> is null).</summary>
+    private bool Finite(ReadOnlySpan<double> results, DType output) => NonFinite is null || DTypeConvert.RoundsFinite(results, output);
 
     private void ReadDoubles(Stream stream, Span<double> destination)
     {

@@ -106,4 +106,19 @@ public class MergeCommandTests : IDisposable
         var r = Run("merge", Recipe("components:\n  all: { method: mean, models: [a, b] }\noutput: out.safetensors\n"));
         r.AssertOneLineError("model.diffusion_model.input_blocks.0.0.weight", "'a'", "'b'");
     }
+
+    [Fact]
+    public void Non_finite_values_in_the_output_are_named_or_refused_as_asked()
+    {
+        const string key = "model.diffusion_model.input_blocks.0.0.weight";
+        CheckpointEdits.Patch(_dir.File("a.safetensors"), key, 2, [0x00, 0x7C]); // +Inf in F16
+        string recipe = Recipe("components:\n  all: { method: mean, models: [a, b] }\noutput: out.safetensors\n");
+        var warned = Run("merge", recipe, "--no-hash").EnsureSuccess();
+        Assert.Equal([$"warning: {_dir.File("out.safetensors")}: tensor '{key}' has NaN or infinite values: model 'a' holds such values there"], warned.StderrLines);
+
+        File.WriteAllText(_dir.File("out.safetensors"), "the previous merge");
+        Run("merge", recipe, "--no-hash", "--nonfinite", "error").AssertOneLineError(key, "model 'a'", "writes nothing");
+        Assert.Equal("the previous merge", File.ReadAllText(_dir.File("out.safetensors")));
+        Assert.Empty(Run("merge", recipe, "--no-hash", "--nonfinite", "keep").EnsureSuccess().Stderr);
+    }
 }
