@@ -4,8 +4,11 @@ using MergeCluster.Benchmarks;
 // read FILE [--threads N]: decode a whole checkpoint to float32 and compare with cat on the same file.
 // kernels [BenchmarkDotNet args]: micro-benchmarks of the dtype conversion kernels.
 // merge FILE... [--threads N] [--dtype D]: N-way mean of the files vs cat of the same inputs, and peak RSS.
+// plan [DIR [TENSORS [NAMES]]]: planning time and memory for a 1,000,000-tensor header and 1,000 names for one file.
 switch (args.FirstOrDefault())
 {
+    case "plan":
+        return PlanScale.Run(args[1..]);
     case "merge":
         return await MergeThroughput.RunAsync(args[1..]);
     case "read" when args.Length >= 2:
@@ -21,6 +24,6 @@ switch (args.FirstOrDefault())
         BenchmarkRunner.Run<KernelBenchmarks>(args: args[1..]);
         return 0;
     default:
-        Console.Error.WriteLine("usage: MergeCluster.Benchmarks read FILE [--threads N] | kernels [BenchmarkDotNet options] | merge FILE... [--threads N] [--dtype f16|bf16|f32]");
+        Console.Error.WriteLine("usage: MergeCluster.Benchmarks read FILE [--threads N] | kernels [BenchmarkDotNet options] | merge FILE... [--threads N] [--dtype f16|bf16|f32] | plan [DIR [TENSORS [NAMES]]]");
         return 2;
 }

@@ -53,24 +53,25 @@ public static class Planner
         keySet = null;
         Array.Sort(candidateKeys, StringComparer.Ordinal);
 
-        var tensors = new List<PlannedTensor>(candidateKeys.Length);
-        var specs = new List<TensorSpec>(candidateKeys.Length);
+        // Each output tensor is placed (its byte range in the data section) as it is planned: the offsets do not
+        // depend on the header, so the layout uses these very entries and nothing is built twice.
+        var tensors = ImmutableArray.CreateBuilder<PlannedTensor>(candidateKeys.Length);
         var missing = new Dictionary<(string Model, Component Component, string Resolution), List<string>>();
+        var sources = new List<(int Position, MergeInput Input, TensorInfo Tensor)>();
+        long offset = 0;
         foreach (string key in candidateKeys)
         {
-            var planned = PlanTensor(recipe, rules, inputs, baseIndex, key, blocksPerSide, missing, tensors.Count);
+            var planned = PlanTensor(recipe, rules, inputs, baseIndex, key, blocksPerSide, missing, (tensors.Count, offset), sources);
             if (planned is null) continue;
             tensors.Add(planned);
-            specs.Add(new TensorSpec(key, planned.Output.DType, planned.Output.Shape));
+            offset = planned.Output.End;
         }
         if (tensors.Count == 0)
             throw new MergeException($"{recipe.Source}: the recipe selects no tensors from its models");
+        var placedTensors = tensors.DrainToImmutable();
 
         var metadata = BuildMetadata(recipe, inputs, baseIndex, options.InputHashes);
-        var layout = Layout(recipe, specs, metadata);
-        var placed = ImmutableArray.CreateBuilder<PlannedTensor>(tensors.Count);
-        foreach (var t in tensors) placed.Add(t with { Output = layout.Tensors[t.Index] });
-        var placedTensors = placed.MoveToImmutable();
+        var layout = Layout(recipe, placedTensors, metadata);
 
         return new MergePlan
         {
@@ -97,12 +98,8 @@ public static class Planner
     {
         int baseIndex = plan.Recipe.Base is null ? -1 : plan.Recipe.ModelIndex(plan.Recipe.Base);
         var metadata = BuildMetadata(plan.Recipe, plan.Inputs, baseIndex, hashes);
-        var specs = new List<TensorSpec>(plan.Tensors.Length);
-        foreach (var t in plan.Tensors) specs.Add(new TensorSpec(t.Output.Key, t.Output.DType, t.Output.Shape));
-        var layout = Layout(plan.Recipe, specs, metadata);
-        var placed = ImmutableArray.CreateBuilder<PlannedTensor>(plan.Tensors.Length);
-        foreach (var t in plan.Tensors) placed.Add(t with { Output = layout.Tensors[t.Index] });
-        var tensors = placed.MoveToImmutable();
+        var layout = Layout(plan.Recipe, plan.Tensors, metadata);
+        var tensors = plan.Tensors;
         return new MergePlan
         {
             Recipe = plan.Recipe, Inputs = plan.Inputs, Tensors = tensors, Layout = layout, Shards = Split(tensors, shardBytes),
@@ -119,14 +116,16 @@ public static class Planner
     };
 
     /// <summary>The output's layout, refused here rather than after the merge when its header is over the limit every reader enforces.</summary>
-    private static SafetensorsLayout Layout(Recipe recipe, List<TensorSpec> specs, ImmutableSortedDictionary<string, string> metadata)
+    private static SafetensorsLayout Layout(Recipe recipe, ImmutableArray<PlannedTensor> tensors, ImmutableSortedDictionary<string, string> metadata)
     {
-        var layout = SafetensorsLayout.Create(specs, metadata);
+        var outputs = new TensorInfo[tensors.Length];
+        for (int i = 0; i < outputs.Length; i++) outputs[i] = tensors[i].Output;
+        var layout = SafetensorsLayout.FromTensors(outputs, metadata);
         long header = layout.DataStart - 8;
         if (header > SafetensorsHeader.MaxHeaderBytes)
         {
             long meta = metadata.Sum(kv => (long)kv.Key.Length + kv.Value.Length);
-            throw new MergeException($"{recipe.Source}: the output's header would be {header:N0} bytes, over the {SafetensorsHeader.MaxHeaderBytes:N0}-byte limit of safetensors readers ({specs.Count:N0} tensors, {meta:N0} characters of metadata)");
+            throw new MergeException($"{recipe.Source}: the output's header would be {header:N0} bytes, over the {SafetensorsHeader.MaxHeaderBytes:N0}-byte limit of safetensors readers ({tensors.Length:N0} tensors, {meta:N0} characters of metadata)");
         }
         return layout;
     }
@@ -196,7 +195,7 @@ public static class Planner
         options.ResolvePath is null ? recipe.OutputPath : options.ResolvePath(recipe.OutputPathAsWritten);
 
     private static PlannedTensor? PlanTensor(Recipe recipe, RuleInputs rules, ImmutableArray<MergeInput> inputs, int baseIndex, string key, int blocksPerSide,
-        Dictionary<(string, Component, string), List<string>> missing, int index)
+        Dictionary<(string, Component, string), List<string>> missing, (int Index, long Begin) at, List<(int Position, MergeInput Input, TensorInfo Tensor)> sources)
     {
         var component = ModelArchitecture.Unknown.ComponentOf(key);
         var rule = recipe.RuleFor(component);
@@ -206,12 +205,12 @@ public static class Planner
         {
             if (baseIndex < 0)
                 throw new MergeException($"{recipe.Source}: component {component.Name()} (e.g. '{key}') has no rule and there is no base to copy it from");
-            return baseHas ? CopyOf(recipe, inputs[baseIndex], key, component, index, null) : null;
+            return baseHas ? CopyOf(recipe, inputs[baseIndex], key, component, at, null) : null;
         }
 
         var policy = rule.Missing ?? recipe.Missing;
         var slots = rules.Slots(rule);
-        var sources = new List<(int Position, MergeInput Input, TensorInfo Tensor)>(rule.Models.Length);
+        sources.Clear();
         for (int p = 0; p < rule.Models.Length; p++)
         {
             var input = inputs[slots[p]];
@@ -235,7 +234,7 @@ public static class Planner
         }
 
         if (sources.Count == 0)
-            return baseHas ? CopyOf(recipe, inputs[baseIndex], key, component, index, recipe.Base) : null;
+            return baseHas ? CopyOf(recipe, inputs[baseIndex], key, component, at, recipe.Base) : null;
 
         CheckShapes(key, sources);
         var first = sources[0].Tensor;
@@ -248,13 +247,13 @@ public static class Planner
             if (isFloat.Input is not null && rule.Method != MergeMethod.Copy)
                 throw new MergeException($"{isInteger.Input.Path}: tensor '{key}': {isInteger.Tensor.DType.Name()} in model '{isInteger.Input.Name}' but {isFloat.Tensor.DType.Name()} in model '{isFloat.Input.Name}'; an integer tensor cannot be merged with a float one");
             var owner = baseHas ? inputs[baseIndex] : sources[0].Input;
-            return CopyOf(recipe, owner, key, component, index, null);
+            return CopyOf(recipe, owner, key, component, at, null);
         }
 
         if (rule.Method == MergeMethod.Copy)
         {
             bool stoodIn = sources[0].Input.Name != rule.Models[0];
-            return CopyOf(recipe, sources[0].Input, key, component, index, stoodIn ? recipe.Base : null);
+            return CopyOf(recipe, sources[0].Input, key, component, at, stoodIn ? recipe.Base : null);
         }
 
         var terms = ImmutableArray.CreateBuilder<TermSource>(sources.Count);
@@ -307,10 +306,10 @@ public static class Planner
                 }
         }
         if (terms.Count == 0 || divisor == 0)
-            return CopyOf(recipe, sources[0].Input, key, component, index, null);
+            return CopyOf(recipe, sources[0].Input, key, component, at, null);
 
-        var output = new TensorInfo(key, recipe.Output.DType, first.Shape, 0, 0);
-        return new PlannedTensor(index, output, component, TensorOp.Combine, terms.ToImmutable(), divisor, null);
+        var output = Placed(key, recipe.Output.DType, first.Shape, at.Begin);
+        return new PlannedTensor(at.Index, output, component, TensorOp.Combine, terms.DrainToImmutable(), divisor, null);
     }
 
     private static TermSource Term(Recipe recipe, int[] slots, int position, MergeInput input, TensorInfo tensor, double coefficient)
@@ -353,12 +352,19 @@ public static class Planner
         public bool Uses(Component component, int index) => _byComponent[(int)component] is { } rule && _byRule[rule].Reads[index];
     }
 
-    private static PlannedTensor CopyOf(Recipe recipe, MergeInput input, string key, Component component, int index, string? filledFrom)
+    private static PlannedTensor CopyOf(Recipe recipe, MergeInput input, string key, Component component, (int Index, long Begin) at, string? filledFrom)
     {
         var t = input.Header.TryGet(key, out var info) ? info : throw new InvalidOperationException(key);
         var dtype = t.DType.IsFloat() ? recipe.Output.DType : t.DType;
-        var output = new TensorInfo(key, dtype, t.Shape, 0, 0);
-        return new PlannedTensor(index, output, component, TensorOp.Copy, [new TermSource(input.Index, t, 1.0, 0)], 1.0, filledFrom);
+        return new PlannedTensor(at.Index, Placed(key, dtype, t.Shape, at.Begin), component, TensorOp.Copy, [new TermSource(input.Index, t, 1.0, 0)], 1.0, filledFrom);
+    }
+
+    /// <summary>An output tensor's entry, its bytes starting at <paramref name="begin"/> of the data section.</summary>
+    private static TensorInfo Placed(string key, DType dtype, ImmutableArray<long> shape, long begin)
+    {
+        long elements = TensorInfo.CountElements(shape.AsSpan()) ?? throw new MergeException($"tensor '{key}': its shape overflows");
+        try { return new TensorInfo(key, dtype, shape, begin, checked(begin + elements * dtype.Size())); }
+        catch (OverflowException) { throw new MergeException($"tensor '{key}': the output would pass 2^63 bytes"); }
     }
 
     private static void CheckShapes(string key, List<(int Position, MergeInput Input, TensorInfo Tensor)> sources)

@@ -57,7 +57,7 @@ public static class MergeCommand
                 OutputPath = outPath,
                 ShardBytes = maxShard,
                 HashInputs = !parse.GetValue(noHash),
-                InputBytes = plan.InputBytes,
+                Plan = plan,
                 NonFinite = parse.GetValue(nonFinite),
                 OnNonFinite = found.Enqueue,
             };

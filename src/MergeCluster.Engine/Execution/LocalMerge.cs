@@ -18,8 +18,11 @@ public sealed record LocalMergeOptions
     public NonFinitePolicy NonFinite { get; init; } = NonFinitePolicy.Warn;
     /// <summary>Told of each output tensor with NaN or infinite values, after the output is written (policy warn).</summary>
     public Action<NonFiniteTensor>? OnNonFinite { get; init; }
-    /// <summary>Bytes the recipe reads, when the caller has planned it already; otherwise it is planned once more to size the shards.</summary>
-    public long? InputBytes { get; init; }
+    /// <summary>
+    /// The caller's plan of this recipe with this output, when it has made one (to check it, or print it): the merge
+    /// uses it instead of reading every header again, and for a plan of a million tensors holds one plan, not two.
+    /// </summary>
+    public MergePlan? Plan { get; init; }
 }
 
 /// <summary>
@@ -30,13 +33,13 @@ public static class LocalMerge
 {
     public static async Task<string> RunAsync(Recipe recipe, LocalMergeOptions options, MergeProgress? progress, CancellationToken ct)
     {
-        long inputBytes = options.InputBytes ?? Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath }).InputBytes;
+        long inputBytes = (options.Plan ?? Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath })).InputBytes;
         long shardBytes = ShardBytesFor(inputBytes, options.Threads, options.ShardBytes);
         string jobOptions = new MergeJobOptions
         {
             Shape = options.Shape, ShardBytes = shardBytes, Output = options.OutputPath, HashInputs = options.HashInputs, NonFinite = options.NonFinite,
         }.ToJson();
-        using var engine = new MergeJobEngine(null, options.Threads, progress, embedded: true) { OnNonFinite = options.OnNonFinite };
+        using var engine = new MergeJobEngine(null, options.Threads, progress, embedded: true) { OnNonFinite = options.OnNonFinite, KnownPlan = options.Plan };
         var job = await EmbeddedRun.RunAsync(engine, recipe.Text, recipe.Directory, jobOptions, Math.Max(1, options.Threads), ct);
         ct.ThrowIfCancellationRequested();
         return job.State switch

@@ -123,6 +123,12 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     public Action<NonFiniteTensor>? OnNonFinite { get; init; }
 
     /// <summary>
+    /// A plan already made of a job's recipe with its output (the embedded run's caller plans first to check and
+    /// print): planning uses it, cut into this job's shards, instead of reading every header again.
+    /// </summary>
+    public MergePlan? KnownPlan { get; init; }
+
+    /// <summary>
     /// Plans the job (checking every input header first), hashes the inputs, creates the temporary output (exclusively,
     /// random name, header written, full size) and for a tree the scratch directory, and returns the tasks with the
     /// job's options completed by those paths.
@@ -135,7 +141,11 @@ public sealed class MergeJobEngine : IJobEngine, IDisposable
     {
         var options = MergeJobOptions.FromJson(job.Options);
         var recipe = ParseRecipe(job);
-        var plan = Planner.Create(recipe, PlanOptionsFor(job, options, null));
+        var planOptions = PlanOptionsFor(job, options, null);
+        var plan = KnownPlan is { } known && known.Recipe.Text == job.RecipeText && known.Recipe.Directory == job.RecipeDirectory
+            && (planOptions.OutputPath is null || planOptions.OutputPath == known.OutputPath) && !known.Metadata.ContainsKey(MergeMetadata.Inputs)
+            ? Planner.Reshard(known, options.ShardBytes)
+            : Planner.Create(recipe, planOptions);
         if (options.HashInputs)
             plan = Planner.WithInputHashes(plan, InputHashes.Compute(plan.Inputs, _threads, ct, Progress), options.ShardBytes);
         ct.ThrowIfCancellationRequested();
