@@ -22,9 +22,10 @@ internal static class RecipeParser
         if (text.Length > Recipe.MaxBytes)
             throw new MergeException($"{source}: the recipe is {text.Length:N0} characters, over the {Recipe.MaxBytes:N0} limit");
         YamlMappingNode root;
+        long line = 1;
         try
         {
-            CheckStructure(text, source);
+            CheckStructure(text, source, ref line);
             var stream = new YamlStream();
             stream.Load(new StringReader(text));
             if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode map)
@@ -34,6 +35,12 @@ internal static class RecipeParser
         catch (YamlException e)
         {
             throw new MergeException($"{source}:{e.Start.Line}: invalid YAML: {OneLine(e.Message)}", e);
+        }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException)
+        {
+            // YamlDotNet's scanner and loader throw these too for some malformed input (found by fuzzing: a tag that
+            // is no URI, an escape past U+10FFFF, a stray document marker). Still bad input: one line, the last line read.
+            throw new MergeException($"{source}:{line}: invalid YAML: {OneLine(e.Message)}", e);
         }
 
         var ctx = new Context(source);
@@ -258,7 +265,7 @@ internal static class RecipeParser
     /// nesting deeper than <see cref="MaxDepth"/>, a second document, anchors and aliases (which can make a node its own
     /// child), and a key given twice in one mapping.
     /// </summary>
-    private static void CheckStructure(string text, string source)
+    private static void CheckStructure(string text, string source, ref long lastLine)
     {
         var parser = new Parser(new StringReader(text));
         // Per open collection: null for a sequence, else the mapping's keys so far and whether a key comes next.
@@ -267,7 +274,7 @@ internal static class RecipeParser
         while (parser.MoveNext())
         {
             var e = parser.Current!;
-            long line = e.Start.Line;
+            long line = lastLine = e.Start.Line;
             switch (e)
             {
                 case DocumentStart when ++documents > 1:
