@@ -51,7 +51,7 @@ public static class ModelHashes
     /// sha256 over the given tensors in ordinal key order: for each, its key, dtype name and shape as one
     /// UTF-8 line, then its bytes. Equal for two files exactly when those tensors are identical.
     /// </summary>
-    public static string Content(SafetensorsFile file, IEnumerable<string> keys)
+    public static string Content(SafetensorsFile file, IEnumerable<string> keys, CancellationToken ct = default)
     {
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         foreach (string key in keys.Order(StringComparer.Ordinal))
@@ -60,7 +60,10 @@ public static class ModelHashes
             hash.AppendData(Encoding.UTF8.GetBytes($"{t.Key}\t{t.DType.Name()}\t{string.Join(",", t.Shape)}\n"));
             const int window = 16 << 20;
             for (long off = 0; off < t.ByteLength; off += window)
+            {
+                ct.ThrowIfCancellationRequested();
                 hash.AppendData(file.Bytes(t, off, (int)Math.Min(window, t.ByteLength - off)));
+            }
         }
         return Convert.ToHexStringLower(hash.GetHashAndReset());
     }

@@ -92,7 +92,7 @@ public sealed class CheckpointSummary
             {
                 int index = i;
                 if (byComponent.TryGetValue(shown[i], out var tensors))
-                    work.Add(() => contentHashes[index] = ModelHashes.Content(file, tensors.Select(t => t.Key)));
+                    work.Add(() => contentHashes[index] = ModelHashes.Content(file, tensors.Select(t => t.Key), cancellation));
             }
         }
         if (nonFinite is not null)
