@@ -41,7 +41,12 @@ public class NumericSafetyTests : IDisposable
         var e = Tensors(expected);
         var a = Tensors(actual);
         Assert.Equal(e.Keys.Order(), a.Keys.Order());
-        foreach (var (key, bytes) in e) Assert.True(bytes.AsSpan().SequenceEqual(a[key]), key);
+        foreach (var (key, bytes) in e)
+        {
+            int at = bytes.AsSpan().CommonPrefixLength(a[key]);
+            Assert.True(at == bytes.Length && bytes.Length == a[key].Length,
+                $"{key} of {actual} differs from {expected} at byte {at} of {bytes.Length}: {(at < a[key].Length ? a[key][at] : -1)} instead of {(at < bytes.Length ? bytes[at] : -1)}");
+        }
     }
 
     /// <summary>A NaN (F16 0x7E00) planted in the first element of a model's UNET tensor.</summary>
