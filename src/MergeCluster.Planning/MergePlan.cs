@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using MergeCluster.Merge.Architecture;
+using MergeCluster.Merge.Methods;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Safetensors;
 
@@ -18,6 +19,11 @@ public enum TensorOp
     Combine,
     /// <summary>One source taken as is (bytes copied when the dtype matches, else converted with one rounding).</summary>
     Copy,
+    /// <summary>
+    /// A non-linear recipe tree (<see cref="PlannedTensor.Program"/>) over the terms as its leaves: run in one task
+    /// that holds every term (fused, or the shard's final task), passes over the tensor as its methods need, rounded once.
+    /// </summary>
+    Method,
 }
 
 /// <summary>One source tensor of an output tensor; <see cref="Group"/> is its leaf in the reduction tree.</summary>
@@ -25,7 +31,8 @@ public sealed record TermSource(int Input, TensorInfo Tensor, double Coefficient
 
 /// <summary>An output tensor: its place in the output file and what it is made of.</summary>
 public sealed record PlannedTensor(
-    int Index, TensorInfo Output, Component Component, TensorOp Op, ImmutableArray<TermSource> Terms, double Divisor, string? FilledFrom)
+    int Index, TensorInfo Output, Component Component, TensorOp Op, ImmutableArray<TermSource> Terms, double Divisor, string? FilledFrom,
+    TensorProgram? Program = null)
 {
     public long ElementCount => Output.ElementCount;
     public long InputBytes

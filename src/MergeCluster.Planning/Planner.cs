@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using MergeCluster.Merge;
 using MergeCluster.Merge.Architecture;
+using MergeCluster.Merge.Methods;
 using MergeCluster.Merge.Numerics;
 using MergeCluster.Merge.Recipes;
 using MergeCluster.Safetensors;
@@ -18,6 +19,8 @@ public sealed record PlanOptions
     public string? OutputPath { get; init; }
     /// <summary>Maps a recipe path to the path to open; the cluster confines it to the silo's data roots.</summary>
     public Func<string, string>? ResolvePath { get; init; }
+    /// <summary>Overrides the recipe's output dtype (recorded in the metadata, so a replay rounds the same way).</summary>
+    public DType? OutputDType { get; init; }
 }
 
 /// <summary>Turns a recipe and the headers of its inputs into a <see cref="MergePlan"/>, checking everything before any heavy work.</summary>
@@ -26,6 +29,7 @@ public static class Planner
     public static MergePlan Create(Recipe recipe, PlanOptions? options = null)
     {
         options ??= new PlanOptions();
+        if (options.OutputDType is { } dtype && dtype != recipe.Output.DType) recipe = recipe.WithOutputDType(dtype);
         string outputPath = options.OutputPath ?? ResolveOutput(recipe, options);
         if (SafetensorsFile.IsPickleExtension(outputPath))
             throw new MergeException($"{outputPath}: the output must be a .safetensors file; pickle checkpoints are never written");
@@ -45,6 +49,12 @@ public static class Planner
             if (input.Length == 0) continue;
             foreach (var key in input.Header.Keys)
             {
+                if (recipe.ModelConfig is { } config)
+                {
+                    // sd-mecha merges the keys of the model config (by their canonical names); others are dropped.
+                    if (config.Canonical(key) is { } canonical) keySet.Add(canonical);
+                    continue;
+                }
                 if (keySet.Contains(key)) continue;
                 if (input.Index == baseIndex || rules.Uses(ModelArchitecture.Unknown.ComponentOf(key), input.Index)) keySet.Add(key);
             }
@@ -57,12 +67,16 @@ public static class Planner
         // depend on the header, so the layout uses these very entries and nothing is built twice.
         var tensors = ImmutableArray.CreateBuilder<PlannedTensor>(candidateKeys.Length);
         var missing = new Dictionary<(string Model, Component Component, string Resolution), List<string>>();
+        var trees = new TreePlanner(recipe, inputs, missing);
         var sources = new List<(int Position, MergeInput Input, TensorInfo Tensor)>();
         long offset = 0;
         foreach (string key in candidateKeys)
         {
-            var planned = PlanTensor(recipe, rules, inputs, baseIndex, key, blocksPerSide, missing, (tensors.Count, offset), sources);
+            var planned = recipe.Tree is { } tree
+                ? trees.Plan(tree, key, ModelArchitecture.Unknown.ComponentOf(key), tensors.Count, null, -1)
+                : PlanTensor(recipe, rules, inputs, baseIndex, key, blocksPerSide, missing, (tensors.Count, offset), sources, trees);
             if (planned is null) continue;
+            planned = PlacedAt(planned, offset);
             tensors.Add(planned);
             offset = planned.Output.End;
         }
@@ -70,7 +84,7 @@ public static class Planner
             throw new MergeException($"{recipe.Source}: the recipe selects no tensors from its models");
         var placedTensors = tensors.DrainToImmutable();
 
-        var metadata = BuildMetadata(recipe, inputs, baseIndex, options.InputHashes);
+        var metadata = BuildMetadata(recipe, inputs, baseIndex, options.InputHashes, options.OutputDType is not null);
         var layout = Layout(recipe, placedTensors, metadata);
 
         return new MergePlan
@@ -97,7 +111,7 @@ public static class Planner
     public static MergePlan WithInputHashes(MergePlan plan, IReadOnlyDictionary<string, string> hashes, long shardBytes)
     {
         int baseIndex = plan.Recipe.Base is null ? -1 : plan.Recipe.ModelIndex(plan.Recipe.Base);
-        var metadata = BuildMetadata(plan.Recipe, plan.Inputs, baseIndex, hashes);
+        var metadata = BuildMetadata(plan.Recipe, plan.Inputs, baseIndex, hashes, plan.Metadata.ContainsKey(MergeMetadata.OutputDType));
         var layout = Layout(plan.Recipe, plan.Tensors, metadata);
         var tensors = plan.Tensors;
         return new MergePlan
@@ -151,7 +165,12 @@ public static class Planner
         var used = new HashSet<string>(StringComparer.Ordinal);
         if (recipe.Base is not null) used.Add(recipe.Base);
         foreach (var component in Components.All)
-            if (recipe.RuleFor(component) is { } rule) used.UnionWith(rule.Models);
+            if (recipe.RuleFor(component) is { } rule)
+            {
+                used.UnionWith(rule.Models);
+                if (rule.DeltaBase is not null) used.Add(rule.DeltaBase);
+            }
+        if (recipe.Tree is not null) used.UnionWith(recipe.Models.Select(m => m.Name));
 
         // A file named by many models (one checkpoint listed 1,000 times) is parsed once: memory follows the headers, not the names.
         var known = new Dictionary<FileIdentity, (SafetensorsHeader Header, long Length)>();
@@ -195,7 +214,8 @@ public static class Planner
         options.ResolvePath is null ? recipe.OutputPath : options.ResolvePath(recipe.OutputPathAsWritten);
 
     private static PlannedTensor? PlanTensor(Recipe recipe, RuleInputs rules, ImmutableArray<MergeInput> inputs, int baseIndex, string key, int blocksPerSide,
-        Dictionary<(string, Component, string), List<string>> missing, (int Index, long Begin) at, List<(int Position, MergeInput Input, TensorInfo Tensor)> sources)
+        Dictionary<(string, Component, string), List<string>> missing, (int Index, long Begin) at, List<(int Position, MergeInput Input, TensorInfo Tensor)> sources,
+        TreePlanner trees)
     {
         var component = ModelArchitecture.Unknown.ComponentOf(key);
         var rule = recipe.RuleFor(component);
@@ -209,6 +229,9 @@ public static class Planner
         }
 
         var policy = rule.Missing ?? recipe.Missing;
+        // The non-linear methods are planned from their tree; the linear ones below build exactly the terms they always did.
+        if (RecipeTrees.IsNonLinear(rule.Method))
+            return trees.Plan(RecipeTrees.For(rule), key, component, at.Index, policy, baseIndex);
         var slots = rules.Slots(rule);
         sources.Clear();
         for (int p = 0; p < rule.Models.Length; p++)
@@ -342,6 +365,7 @@ public static class Planner
                 var slots = new int[rule.Models.Length];
                 var reads = new bool[recipe.Models.Length];
                 for (int p = 0; p < slots.Length; p++) reads[slots[p] = recipe.ModelIndex(rule.Models[p])] = true;
+                if (rule.DeltaBase is not null && recipe.ModelIndex(rule.DeltaBase) is >= 0 and var deltaBase) reads[deltaBase] = true;
                 _byRule[rule] = (slots, reads);
             }
         }
@@ -357,6 +381,14 @@ public static class Planner
         var t = input.Header.TryGet(key, out var info) ? info : throw new InvalidOperationException(key);
         var dtype = t.DType.IsFloat() ? recipe.Output.DType : t.DType;
         return new PlannedTensor(at.Index, Placed(key, dtype, t.Shape, at.Begin), component, TensorOp.Copy, [new TermSource(input.Index, t, 1.0, 0)], 1.0, filledFrom);
+    }
+
+    /// <summary>The tensor with its output at <paramref name="begin"/>: as planned here already, or moved there (a method tree's tensors come unplaced).</summary>
+    private static PlannedTensor PlacedAt(PlannedTensor tensor, long begin)
+    {
+        var o = tensor.Output;
+        long elements = TensorInfo.CountElements(o.Shape.AsSpan()) ?? -1;
+        return o.Begin == begin && o.ByteLength == elements * o.DType.Size() ? tensor : tensor with { Output = Placed(o.Key, o.DType, o.Shape, begin) };
     }
 
     /// <summary>An output tensor's entry, its bytes starting at <paramref name="begin"/> of the data section.</summary>
@@ -407,13 +439,27 @@ public static class Planner
         var result = ImmutableArray.CreateBuilder<ComponentPlan>();
         foreach (var group in tensors.GroupBy(t => t.Component).OrderBy(g => g.Key))
         {
+            if (recipe.Tree is { } tree)
+            {
+                var used = group.SelectMany(t => t.Terms).Select(t => recipe.Models[t.Input].Name).Distinct().Order(StringComparer.Ordinal).ToImmutableArray();
+                // What the component's tensors came to: the methods of their programs, a linear combination, or a copy.
+                var methods = group.SelectMany(t => t.Op switch
+                {
+                    TensorOp.Method => t.Program!.Nodes.Where(n => n.Op == ProgramOp.Method).Select(n => n.Method!.Name),
+                    TensorOp.Combine => ["linear"],
+                    _ => (IEnumerable<string>)["copy"],
+                }).Distinct().Order(StringComparer.Ordinal);
+                result.Add(new ComponentPlan(group.Key, ".mecha: " + string.Join(", ", methods), used, group.Count(), group.Sum(t => t.Output.ByteLength), group.Sum(t => t.InputBytes)));
+                continue;
+            }
             var rule = recipe.RuleFor(group.Key);
             string method = rule is null ? "copy" : rule.Method switch
             {
                 MergeMethod.Mean => rule.Weights.IsEmpty ? "mean" : "weighted mean",
                 MergeMethod.WeightedSum => rule.BlockAlphas.Count > 0 ? $"weighted_sum alpha={rule.Alpha} (+{rule.BlockAlphas.Count} block alphas)" : $"weighted_sum alpha={rule.Alpha}",
                 MergeMethod.AddDifference => $"add_difference alpha={rule.Alpha}",
-                _ => "copy",
+                MergeMethod.Copy => "copy",
+                _ => Describe(rule),
             };
             var models = rule?.Models ?? [recipe.Base!];
             result.Add(new ComponentPlan(group.Key, method, models, group.Count(), group.Sum(t => t.Output.ByteLength), group.Sum(t => t.InputBytes)));
@@ -421,7 +467,22 @@ public static class Planner
         return result.ToImmutable();
     }
 
-    private static ImmutableSortedDictionary<string, string> BuildMetadata(Recipe recipe, ImmutableArray<MergeInput> inputs, int baseIndex, IReadOnlyDictionary<string, string>? hashes)
+    /// <summary>A non-linear rule for the plan: its method, alpha, options and base, e.g. `ties alpha=1 k=0.2 (base: sdxl)`.</summary>
+    private static string Describe(ComponentRule rule)
+    {
+        var parts = new List<string> { rule.Method switch
+        {
+            MergeMethod.GeometricMedian => "geometric_median",
+            MergeMethod.ModelStock => "model_stock",
+            var m => m.ToString().ToLowerInvariant(),
+        } };
+        if (RecipeTrees.DefaultAlpha(rule.Method) is not null) parts.Add($"alpha={rule.Alpha}");
+        foreach (var (k, v) in rule.Options) parts.Add($"{k}={MethodArguments.Format(v)}");
+        if (rule.DeltaBase is not null) parts.Add($"(base: {rule.DeltaBase})");
+        return string.Join(" ", parts);
+    }
+
+    private static ImmutableSortedDictionary<string, string> BuildMetadata(Recipe recipe, ImmutableArray<MergeInput> inputs, int baseIndex, IReadOnlyDictionary<string, string>? hashes, bool dtypeOverridden)
     {
         var meta = ImmutableSortedDictionary.CreateBuilder<string, string>(StringComparer.Ordinal);
         if (baseIndex >= 0)
@@ -431,6 +492,7 @@ public static class Planner
         // The recipe as written: its paths stay relative to it, and the maker's directories are not recorded.
         meta[MergeMetadata.Recipe] = recipe.Text;
         meta[MergeMetadata.Tool] = MergeMetadata.ToolName;
+        if (dtypeOverridden) meta[MergeMetadata.OutputDType] = recipe.Output.DType.Name();
         if (hashes is not null)
             meta[MergeMetadata.Inputs] = MergeMetadata.FormatInputs(hashes);
         return meta.ToImmutable();

@@ -180,15 +180,6 @@ public static partial class OutputTemp
         }
     }
 
-    /// <summary>A new, empty directory beside <paramref name="target"/> for a cluster job's scratch files, under a random name.</summary>
-    public static string CreateDirectory(string target, long job)
-    {
-        string name = Name(target, job, Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8)));
-        string path = Path.Combine(Path.GetDirectoryName(target)!, name[..^Suffix.Length] + ".scratch");
-        RegularFile.CreateDirectory(path);
-        return path;
-    }
-
     /// <summary>".{start of the output's name}.mc-{random}.tmp", or ".mc-job{id}-{random}" for a cluster job.</summary>
     public static string Name(string target, long? job, string random)
     {

@@ -1,5 +1,5 @@
 using MergeCluster.Cluster.Tests.Infrastructure;
-using MergeCluster.Engine.Runtime;
+using MergeCluster.Cluster.Silo;
 
 namespace MergeCluster.Cluster.Tests;
 

@@ -1,28 +1,25 @@
 using System.CommandLine;
-using MergeCluster.Engine.Ledger;
 using MergeCluster.Merge;
 
 namespace MergeCluster.Cli.Commands;
 
-/// <summary>`mergecluster cancel JOB`: stops a queued or running job; its coordinator cleans up its scratch files.</summary>
+/// <summary>`mergecluster cancel JOB`: stops a queued or running job; its job grain removes its temporary files.</summary>
 public static class CancelCommand
 {
     public static Command Create()
     {
         var job = new Argument<long>("JOB") { Description = "job id" };
-        var ledger = LedgerOption.Create();
+        var cluster = new ClusterOptions();
         var command = new Command("cancel", "cancel a queued or running job");
         command.Arguments.Add(job);
-        command.Options.Add(ledger);
+        cluster.AddTo(command);
         command.SetAction(async (parse, ct) =>
         {
             long id = parse.GetValue(job);
-            await using var client = await LedgerOption.OpenClientAsync(parse.GetValue(ledger), listen: false, ct);
-            if (!await client.CancelJobAsync(id, ct))
-            {
-                var record = await client.GetJobAsync(id, ct) ?? throw new MergeException($"job {id}: no such job");
-                throw new MergeException($"job {id}: already {record.State.ToString().ToLowerInvariant()}");
-            }
+            await using var connection = await cluster.ConnectAsync(parse, "cancel", ct);
+            _ = await connection.StatusAsync(id); // a job that never was is "no such job", not "already queued"
+            if (!await connection.CancelAsync(id))
+                throw new MergeException($"job {id}: already {StatusCommand.StateName((await connection.StatusAsync(id)).State)}");
             Console.WriteLine($"job {id}: cancelled");
             return 0;
         });

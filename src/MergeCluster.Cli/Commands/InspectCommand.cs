@@ -1,3 +1,4 @@
+using MergeCluster.Cluster;
 using System.CommandLine;
 using System.Text.Json;
 using MergeCluster.Merge.Architecture;

@@ -1,3 +1,4 @@
+using MergeCluster.Cluster;
 using System.CommandLine;
 using System.Diagnostics;
 using MergeCluster.Engine.Execution;
@@ -15,7 +16,7 @@ public static class MergeCommand
 {
     public static Command Create()
     {
-        var recipeArg = new Argument<FileInfo?>("RECIPE") { Description = "Recipe YAML file", Arity = ArgumentArity.ZeroOrOne };
+        var recipeArg = new Argument<FileInfo?>("RECIPE") { Description = "Recipe: YAML, or sd-mecha .mecha", Arity = ArgumentArity.ZeroOrOne };
         var output = new Option<FileInfo?>("--output", "-o") { Description = "Output file (overrides the recipe's output.path)" };
         var threads = new Option<int>("--threads", "-j") { Description = "Worker threads", DefaultValueFactory = _ => Environment.ProcessorCount };
         var dryRun = new Option<bool>("--dry-run") { Description = "Print the plan (components, models, keys filled from the base, sizes) and stop" };
@@ -29,21 +30,29 @@ public static class MergeCommand
             Description = "An output tensor with NaN or infinite values: warn (name it and the inputs it came from), error (write nothing), keep (say nothing)",
             DefaultValueFactory = _ => NonFinitePolicy.Warn,
         };
+        var dtype = new Option<string?>("--dtype") { Description = "Output dtype f16, bf16, f32 or f64, overriding the recipe's (a .mecha recipe names none: f16)" };
 
         var command = new Command("merge", "Merge checkpoints component by component as a recipe says, exactly (float64 sums, rounded once)")
         {
-            recipeArg, output, threads, dryRun, fromMetadata, modelsDir, unverified, shardMb, noHash, nonFinite,
+            recipeArg, output, threads, dryRun, fromMetadata, modelsDir, unverified, shardMb, noHash, nonFinite, dtype,
         };
         command.SetAction(async (parse, ct) =>
         {
             var replay = parse.GetValue(fromMetadata);
-            var (recipe, replayHeader) = LoadRecipe(parse.GetValue(recipeArg), replay, parse.GetValue(output), parse.GetValue(modelsDir));
+            var (recipe, replayHeader, outDType) = LoadRecipe(parse.GetValue(recipeArg), replay, parse.GetValue(output), parse.GetValue(modelsDir));
+            if (parse.GetValue(dtype) is { } dtypeName)
+            {
+                if (!DTypes.TryParseUser(dtypeName, out var d) || d is not (DType.F16 or DType.BF16 or DType.F32 or DType.F64))
+                    throw new MergeException($"unknown output dtype '{dtypeName}' (expected f16, bf16, f32 or f64)");
+                recipe = recipe.WithOutputDType(d);
+                outDType = d;
+            }
             string? outPath = parse.GetValue(output)?.FullName;
             int t = Math.Max(1, parse.GetValue(threads));
             long maxShard = (long)Math.Max(1, parse.GetValue(shardMb)) << 20;
             // Planning refuses what would damage a file before anything is written: an output that is an input
             // under another name, a pickle output, a header over the readers' limit.
-            var plan = Planner.Create(recipe, new PlanOptions { OutputPath = outPath });
+            var plan = Planner.Create(recipe, new PlanOptions { OutputPath = outPath, OutputDType = outDType });
             if (parse.GetValue(dryRun))
             {
                 PrintPlan(Planner.Reshard(plan, LocalMerge.ShardBytesFor(plan.InputBytes, t, maxShard)));
@@ -58,6 +67,7 @@ public static class MergeCommand
                 ShardBytes = maxShard,
                 HashInputs = !parse.GetValue(noHash),
                 Plan = plan,
+                DType = outDType,
                 NonFinite = parse.GetValue(nonFinite),
                 OnNonFinite = found.Enqueue,
             };
@@ -79,9 +89,10 @@ public static class MergeCommand
 
     /// <summary>
     /// The recipe to run: a file, or the one a merged file's metadata carries. A replayed recipe's model paths resolve
-    /// against <paramref name="modelsDir"/>, else the replayed file's directory: the maker's directories are not recorded.
+    /// against <paramref name="modelsDir"/>, else the replayed file's directory: the maker's directories are not
+    /// recorded. A dtype chosen on the command line is not in the recipe text; the metadata carries it.
     /// </summary>
-    private static (Recipe Recipe, SafetensorsHeader? Replayed) LoadRecipe(FileInfo? recipeFile, FileInfo? fromMetadata, FileInfo? output, DirectoryInfo? modelsDir)
+    private static (Recipe Recipe, SafetensorsHeader? Replayed, DType? DType) LoadRecipe(FileInfo? recipeFile, FileInfo? fromMetadata, FileInfo? output, DirectoryInfo? modelsDir)
     {
         if (fromMetadata is not null)
         {
@@ -91,11 +102,13 @@ public static class MergeCommand
             if (!header.Metadata.TryGetValue(MergeMetadata.Recipe, out string? text))
                 throw new MergeException($"{fromMetadata.FullName}: no MergeCluster recipe in its metadata (was it made by mergecluster merge?)");
             string directory = modelsDir?.FullName ?? fromMetadata.DirectoryName!;
-            return (Recipe.Parse(text, directory, $"{fromMetadata.FullName} (recipe in metadata)"), header);
+            var replayed = Recipe.Parse(text, directory, $"{fromMetadata.FullName} (recipe in metadata)");
+            if (!header.Metadata.TryGetValue(MergeMetadata.OutputDType, out string? d) || !DTypes.TryParseUser(d, out var dt)) return (replayed, header, null);
+            return (replayed.WithOutputDType(dt), header, dt);
         }
         if (modelsDir is not null) throw new MergeException("--models-dir applies to --from-metadata; a recipe file's paths resolve against its own directory");
         if (recipeFile is null) throw new MergeException("merge needs a RECIPE file (or --from-metadata FILE -o OUT)");
-        return (Recipe.Load(recipeFile.FullName), null);
+        return (Recipe.Load(recipeFile.FullName), null, null);
     }
 
     /// <summary>

@@ -1,21 +1,24 @@
 using System.CommandLine;
+using System.Net;
 using System.Runtime.InteropServices;
 using MergeCluster.Cluster;
-using MergeCluster.Cluster.Testing;
-using MergeCluster.Engine.Runtime;
+using MergeCluster.Cluster.Silo;
 using MergeCluster.Merge;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 
 namespace MergeCluster.Cli.Commands;
 
-/// <summary>`mergecluster silo`: a long-running cluster member; SIGTERM or Ctrl-C drains it, a second signal stops it at once.</summary>
+/// <summary>`mergecluster silo`: an Orleans silo of the cluster; SIGTERM or Ctrl-C drains it, a second signal stops it at once.</summary>
 public static class SiloCommand
 {
-    /// <param name="engineFactory">Builds the engine the silo runs jobs with (the merge engine), confined to the silo's data roots.</param>
-    public static Command Create(Func<DataRoots, IJobEngine> engineFactory)
+    public const string NameVariable = "MERGECLUSTER_SILO_NAME", AdvertisedIpVariable = "POD_IP";
+
+    public static Command Create()
     {
-        var ledger = LedgerOption.Create();
-        var name = new Option<string?>("--name") { Description = "silo name in the membership table (default: host-pid)" };
-        var threads = new Option<int>("--threads") { Description = "tasks run at once", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var cluster = new ClusterOptions();
+        var name = new Option<string?>("--name") { Description = $"silo name (default: ${NameVariable}, else host-pid)" };
+        var threads = new Option<int>("--threads") { Description = "tasks run at once on this silo", DefaultValueFactory = _ => Environment.ProcessorCount };
         var roots = new Option<string[]>("--data-root")
         {
             Description = "directory the silo may open models, scratch and outputs under (repeatable)",
@@ -23,38 +26,74 @@ public static class SiloCommand
             Required = true,
             Arity = ArgumentArity.OneOrMore,
         };
-        var lease = new Option<double>("--lease") { Description = "task and coordinator lease in seconds; a dead silo's work moves after it", DefaultValueFactory = _ => 30 };
-        var grace = new Option<double>("--drain-grace") { Description = "seconds a running task may finish after SIGTERM before it is released", DefaultValueFactory = _ => 20 };
-        // TEST ENGINE switch for the cluster's process tests; not for users.
-        var engine = new Option<string>("--engine") { Hidden = true, DefaultValueFactory = _ => "merge" };
+        var siloPort = new Option<int>("--silo-port") { Description = "Orleans silo-to-silo port", DefaultValueFactory = _ => 11111 };
+        var gatewayPort = new Option<int>("--gateway-port") { Description = "Orleans client gateway port", DefaultValueFactory = _ => 30000 };
+        var advertised = new Option<string?>("--advertised-ip") { Description = $"the IP other silos and clients reach this silo on (default: ${AdvertisedIpVariable}, else the first non-loopback address, else 127.0.0.1)", HelpName = "IP" };
 
-        var command = new Command("silo", "run a cluster member: claims tasks from the ledger, coordinates jobs, drains on SIGTERM");
-        foreach (var option in new Option[] { ledger, name, threads, roots, lease, grace, engine }) command.Options.Add(option);
+        var command = new Command("silo", "run an Orleans silo of the cluster: hosts job and shard grains, runs tasks, drains on SIGTERM");
+        cluster.AddTo(command);
+        foreach (var option in new Option[] { name, threads, roots, siloPort, gatewayPort, advertised }) command.Options.Add(option);
         command.SetAction(async (parse, _) =>
         {
-            var settings = new SiloSettings(parse.GetValue(ledger), parse.GetValue(name), parse.GetValue(threads), parse.GetValue(roots)!,
-                TimeSpan.FromSeconds(parse.GetValue(lease)), TimeSpan.FromSeconds(parse.GetValue(grace)));
-            Func<DataRoots, IJobEngine> factory = parse.GetValue(engine) switch
+            var client = cluster.Resolve(parse);
+            string? ipText = parse.GetValue(advertised) is { Length: > 0 } a ? a : Environment.GetEnvironmentVariable(AdvertisedIpVariable);
+            IPAddress? ip = null;
+            if (!string.IsNullOrWhiteSpace(ipText) && !IPAddress.TryParse(ipText, out ip)) throw new MergeException($"--advertised-ip: '{ipText}' is not an IP address");
+            var settings = new SiloSettings
             {
-                "merge" => engineFactory,
-                "test" => r => new FileTestEngine(r),
-                var other => throw new MergeException($"--engine: unknown engine '{other}'"),
+                Storage = client.Storage,
+                ClusterId = client.ClusterId,
+                ServiceId = client.ServiceId,
+                Name = parse.GetValue(name) is { Length: > 0 } n ? n : Environment.GetEnvironmentVariable(NameVariable) is { Length: > 0 } fromEnv ? fromEnv : $"{Environment.MachineName}-{Environment.ProcessId}",
+                Threads = parse.GetValue(threads),
+                DataRoots = parse.GetValue(roots)!,
+                SiloPort = parse.GetValue(siloPort),
+                GatewayPort = parse.GetValue(gatewayPort),
+                AdvertisedIp = ip,
             };
+            // The silo drains on its own signals and exits 0; they are not an interruption of a command.
             CliRunner.LeaveSignalsToCommand();
-            using var drain = new CancellationTokenSource();
-            using var abort = new CancellationTokenSource();
+            using var host = SiloHost.Build(settings, b => b.Services.AddSingleton<IHostLifetime, SignalLifetime>());
+            var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
+            int signals = 0;
             void OnSignal(PosixSignalContext context)
             {
-                // The first signal drains (Kubernetes scale-in); a second one stops without waiting.
+                // The first signal drains through Orleans' graceful shutdown (Kubernetes scale-in); a second stops at once.
                 context.Cancel = true;
-                if (drain.IsCancellationRequested) abort.Cancel();
-                else drain.Cancel();
+                if (Interlocked.Increment(ref signals) == 1)
+                {
+                    lifetime.StopApplication();
+                    return;
+                }
+                Console.Error.WriteLine("silo: second signal, stopping at once");
+                Console.Error.Flush();
+                Kill(Environment.ProcessId, 9);
             }
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
             using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-            await SiloHost.RunAsync(settings, factory, new Terminal.EscapingWriter(Console.Out), drain.Token, abort.Token);
+            try
+            {
+                await host.StartAsync(CancellationToken.None);
+            }
+            catch (Exception e) when (e is not MergeException)
+            {
+                throw new MergeException($"silo {settings.Name}: could not start against storage {client.Storage.Display}: {client.Storage.Scrub(ErrorText.Innermost(e))}");
+            }
+            await host.WaitForShutdownAsync(CancellationToken.None);
+            Console.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} silo {settings.Name}: drained and left");
             return 0;
         });
         return command;
+    }
+
+
+    [DllImport("libc", EntryPoint = "kill")]
+    private static extern int Kill(int pid, int signal);
+
+    /// <summary>No console lifetime: the command handles the signals itself, so a second one is not held up waiting for the drain.</summary>
+    private sealed class SignalLifetime : IHostLifetime
+    {
+        public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
     }
 }

@@ -1,100 +1,106 @@
+using MergeCluster.Cluster;
 using System.CommandLine;
 using System.Globalization;
-using MergeCluster.Cluster.Ledger;
-using MergeCluster.Engine.Ledger;
-using MergeCluster.Merge;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using MergeCluster.Cluster.Client;
+using MergeCluster.Cluster.Contracts;
 
 namespace MergeCluster.Cli.Commands;
 
-/// <summary>`mergecluster status [JOB]`: jobs, tasks by state, live silos and throughput; never shows a credential.</summary>
+/// <summary>`mergecluster status [JOB] [--json]`: a job's state and tasks, or recent jobs and live silos; never shows a credential.</summary>
 public static class StatusCommand
 {
-    /// <summary>A silo counts as live while its heartbeat is younger than this (three default heartbeats).</summary>
-    private static readonly TimeSpan LiveWithin = TimeSpan.FromSeconds(30);
+    private const int RecentJobs = 20;
 
     public static Command Create()
     {
         var job = new Argument<long?>("JOB") { Description = "show this job in detail", Arity = ArgumentArity.ZeroOrOne };
-        var ledger = LedgerOption.Create();
-        var command = new Command("status", "show jobs, tasks by state, live silos and throughput");
+        var json = new Option<bool>("--json") { Description = "one JSON object on stdout" };
+        var cluster = new ClusterOptions();
+        var command = new Command("status", "show a job, or recent jobs and live silos");
         command.Arguments.Add(job);
-        command.Options.Add(ledger);
+        command.Options.Add(json);
+        cluster.AddTo(command);
         command.SetAction(async (parse, ct) =>
         {
-            await using var client = await LedgerOption.OpenClientAsync(parse.GetValue(ledger), listen: false, ct);
-            Console.WriteLine($"ledger: {client.Display}");
-            await PrintSilosAsync(client, ct);
-            if (parse.GetValue(job) is { } id) await PrintJobAsync(client, id, ct);
-            else await PrintJobsAsync(client, ct);
+            await using var connection = await cluster.ConnectAsync(parse, "status", ct);
+            bool asJson = parse.GetValue(json);
+            if (parse.GetValue(job) is { } id)
+            {
+                var status = await connection.StatusAsync(id);
+                if (asJson) Console.WriteLine(ToJson(status).ToJsonString(JsonOptions));
+                else PrintJob(connection, status);
+                return 0;
+            }
+            var silos = await connection.SilosAsync();
+            var jobs = new List<JobStatus>();
+            foreach (long recent in await connection.RecentJobsAsync(RecentJobs)) jobs.Add(await connection.StatusAsync(recent));
+            if (asJson)
+            {
+                var root = new JsonObject
+                {
+                    ["jobs"] = new JsonArray([.. jobs.Select(j => (JsonNode)ToJson(j))]),
+                    ["silos"] = new JsonArray([.. silos.Select(s => (JsonNode)new JsonObject
+                    {
+                        ["name"] = s.Name, ["address"] = s.Address, ["status"] = s.Status, ["threads"] = s.Threads, ["models"] = s.Models,
+                    })]),
+                };
+                Console.WriteLine(root.ToJsonString(JsonOptions));
+                return 0;
+            }
+            Console.WriteLine($"storage: {connection.Settings.Storage.Display}; cluster {connection.Settings.ClusterId}");
+            Console.WriteLine($"silos: {silos.Length} live");
+            foreach (var s in silos) Console.WriteLine($"  {Terminal.Escape(s.Name),-20} {Terminal.Escape(s.Address)}  {s.Threads} slot(s)  {s.Models} model(s)");
+            Console.WriteLine($"jobs: {jobs.Count} most recent");
+            foreach (var j in jobs)
+                Console.WriteLine($"  {j.Job,6}  {StateName(j.State),-9}  {j.Tasks.Done}/{j.Tasks.Total} tasks  submitted {j.SubmittedAt:u}"
+                    + (j.Error is null || j.State == JobPhase.Succeeded ? "" : $"  error: {Terminal.Escape(j.Error)}"));
             return 0;
         });
         return command;
     }
 
-    private static async Task PrintSilosAsync(PostgresLedger ledger, CancellationToken ct)
+    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = false };
+
+    public static string StateName(JobPhase state) => state.ToString().ToLowerInvariant();
+
+    /// <summary>The contract's object: job, state, tasks by state, error, and the rest of what is known.</summary>
+    public static JsonObject ToJson(JobStatus s) => new()
     {
-        var silos = await ledger.LiveSilosAsync(LiveWithin, ct);
-        Console.WriteLine($"silos: {silos.Count} live");
-        foreach (var s in silos)
+        ["job"] = s.Job,
+        ["state"] = StateName(s.State),
+        ["tasks"] = new JsonObject { ["pending"] = s.Tasks.Pending, ["running"] = s.Tasks.Running, ["done"] = s.Tasks.Done, ["failed"] = s.Tasks.Failed },
+        ["error"] = s.Error,
+        ["cleaning_up"] = s.CleaningUp,
+        ["submitted"] = s.SubmittedAt?.ToString("O", CultureInfo.InvariantCulture),
+        ["finished"] = s.FinishedAt?.ToString("O", CultureInfo.InvariantCulture),
+        ["output"] = s.Output,
+        ["shape"] = s.Shape?.ToLowerInvariant(),
+        ["coordinator"] = s.Coordinator,
+        ["retries"] = s.Retries,
+        ["bytes_read"] = s.BytesRead,
+        ["bytes_written"] = s.BytesWritten,
+        ["storage_writes"] = s.StorageWrites,
+        ["notable_tasks"] = new JsonArray([.. s.Notable.Select(t => (JsonNode)new JsonObject
         {
-            var models = s.Models?.Split('\n').Length ?? 0;
-            Console.WriteLine($"  {Terminal.Escape(s.Name),-20} {Terminal.Escape(s.Host)}:{s.Pid}  up {Since(s.StartedAt)}  heartbeat {Since(s.Heartbeat)} ago  models {models}");
-        }
-    }
-
-    private static async Task PrintJobsAsync(PostgresLedger ledger, CancellationToken ct)
-    {
-        var jobs = await ledger.ListJobsAsync(20, ct);
-        Console.WriteLine($"jobs: {jobs.Count} most recent");
-        foreach (var j in jobs)
-        {
-            var counts = await ledger.CountTasksAsync(j.Id, ct);
-            Console.WriteLine($"  {j.Id,6}  {State(j.State),-9}  {counts.Done}/{counts.Total} tasks  submitted {j.SubmittedAt:u}"
-                + (j.Error is null || j.State == JobState.Succeeded ? "" : $"  error: {Terminal.Escape(j.Error)}"));
-        }
-    }
-
-    private static async Task PrintJobAsync(PostgresLedger ledger, long id, CancellationToken ct)
-    {
-        var job = await ledger.GetJobAsync(id, ct) ?? throw new MergeException($"job {id}: no such job");
-        var tasks = await ledger.ListTasksAsync(id, ct);
-        Console.WriteLine($"job {id}: {State(job.State)}{(job.FinishedAt is null && job.State is JobState.Failed or JobState.Cancelled ? " (cleaning up)" : "")}");
-        Console.WriteLine($"  recipe directory: {Terminal.Escape(job.RecipeDirectory)}");
-        Console.WriteLine($"  submitted {job.SubmittedAt:u}{(job.FinishedAt is { } f ? $", finished {f:u} after {(f - job.SubmittedAt).TotalSeconds:0.0} s" : "")}");
-        if (job.Coordinator is not null) Console.WriteLine($"  coordinator: {Terminal.Escape(job.Coordinator)}");
-        if (job.Error is not null && job.State != JobState.Succeeded) Console.WriteLine($"  error: {Terminal.Escape(job.Error)}");
-        var byState = Enum.GetValues<TaskState>().Select(s => $"{tasks.Count(t => t.State == s)} {s.ToString().ToLowerInvariant()}");
-        Console.WriteLine($"tasks: {tasks.Count} ({string.Join(", ", byState)}); {tasks.Sum(t => Math.Max(0, t.Attempts - 1))} retries");
-        Console.WriteLine($"throughput: {Throughput(tasks)}");
-        foreach (var t in tasks.Where(t => t.State is TaskState.Leased or TaskState.Failed || t.Attempts > 1))
-        {
-            Console.WriteLine($"  {Terminal.Escape(t.Name),-16} {t.State.ToString().ToLowerInvariant(),-7} attempts {t.Attempts}  silo {Terminal.Escape(t.Silo ?? "-")}"
-                + (t.Error is null ? "" : $"  error: {Terminal.Escape(t.Error)}"));
-        }
-    }
-
-    /// <summary>Bytes of done tasks over the wall time from the first start to the last finish, and per task on average.</summary>
-    private static string Throughput(IReadOnlyList<TaskRecord> tasks)
-    {
-        var done = tasks.Where(t => t is { State: TaskState.Done, StartedAt: not null, FinishedAt: not null }).ToList();
-        if (done.Count == 0) return "no task done yet";
-        long bytes = done.Sum(t => t.Bytes);
-        var wall = done.Max(t => t.FinishedAt!.Value) - done.Min(t => t.StartedAt!.Value);
-        var busy = TimeSpan.FromTicks(done.Sum(t => (t.FinishedAt!.Value - t.StartedAt!.Value).Ticks));
-        return $"{Rate(bytes, wall)} over {wall.TotalSeconds:0.0} s for {Size(bytes)} in {done.Count} tasks ({Rate(bytes, busy)} per busy task)";
-    }
-
-    private static string Rate(long bytes, TimeSpan time) => time <= TimeSpan.Zero ? "-" : $"{Size((long)(bytes / time.TotalSeconds))}/s";
-
-    private static string Size(long bytes) => bytes switch
-    {
-        >= 1L << 30 => (bytes / (double)(1L << 30)).ToString("0.00 'GiB'", CultureInfo.InvariantCulture),
-        >= 1L << 20 => (bytes / (double)(1L << 20)).ToString("0.0 'MiB'", CultureInfo.InvariantCulture),
-        >= 1L << 10 => (bytes / (double)(1L << 10)).ToString("0.0 'KiB'", CultureInfo.InvariantCulture),
-        _ => $"{bytes} B",
+            ["name"] = t.Name, ["kind"] = t.Kind, ["state"] = t.State, ["attempts"] = t.Attempts, ["silo"] = t.Silo, ["error"] = t.Error,
+        })]),
     };
 
-    private static string Since(DateTimeOffset t) => $"{Math.Max(0, (DateTimeOffset.UtcNow - t).TotalSeconds):0}s";
-
-    private static string State(JobState state) => state.ToString().ToLowerInvariant();
+    private static void PrintJob(ClusterConnection connection, JobStatus s)
+    {
+        Console.WriteLine($"storage: {connection.Settings.Storage.Display}; cluster {connection.Settings.ClusterId}");
+        Console.WriteLine($"job {s.Job}: {StateName(s.State)}{(s.CleaningUp ? " (cleaning up)" : "")}");
+        if (s.RecipeDirectory is not null) Console.WriteLine($"  recipe directory: {Terminal.Escape(s.RecipeDirectory)}");
+        if (s.Output is not null) Console.WriteLine($"  output: {Terminal.Escape(s.Output)} ({s.Shape?.ToLowerInvariant()} tasks)");
+        Console.WriteLine($"  submitted {s.SubmittedAt:u}{(s.FinishedAt is { } f && s.SubmittedAt is { } b ? $", finished {f:u} after {(f - b).TotalSeconds:0.0} s" : "")}");
+        if (s.Coordinator is not null) Console.WriteLine($"  job grain on silo: {Terminal.Escape(s.Coordinator)}");
+        if (s.Error is not null && s.State != JobPhase.Succeeded) Console.WriteLine($"  error: {Terminal.Escape(s.Error)}");
+        var t = s.Tasks;
+        Console.WriteLine($"tasks: {t.Total} ({t.Pending} pending, {t.Running} running, {t.Done} done, {t.Failed} failed); {s.Retries} retries");
+        Console.WriteLine($"bytes: {s.BytesRead} read, {s.BytesWritten} written; job record written to storage {s.StorageWrites} times");
+        foreach (var n in s.Notable)
+            Console.WriteLine($"  {Terminal.Escape(n.Name),-16} {n.State,-7} attempts {n.Attempts}  silo {Terminal.Escape(n.Silo ?? "-")}" + (n.Error is null ? "" : $"  error: {Terminal.Escape(n.Error)}"));
+    }
 }

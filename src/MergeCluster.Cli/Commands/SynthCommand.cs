@@ -1,3 +1,4 @@
+using MergeCluster.Cluster;
 using System.CommandLine;
 using MergeCluster.Merge;
 using MergeCluster.Merge.Architecture;

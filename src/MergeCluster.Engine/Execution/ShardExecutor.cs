@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using MergeCluster.Planning;
+using MergeCluster.Merge.Methods;
 using MergeCluster.Merge.Numerics;
 using MergeCluster.Safetensors;
 
@@ -31,9 +32,10 @@ public sealed unsafe class ShardExecutor
     private readonly int _chunk;
     private readonly int _block;
     private readonly nint[] _window;
-    private readonly byte[] _out;
+    private byte[] _out;
     private readonly double[][] _groups;
     private readonly bool[] _present;
+    private readonly ProgramRunner _programs = new();
 
     /// <summary>Bytes this executor read from models and partials since it was created (for task telemetry).</summary>
     public long BytesRead { get; private set; }
@@ -80,6 +82,11 @@ public sealed unsafe class ShardExecutor
             if (tensor.Op == TensorOp.Copy)
             {
                 Copy(tensor, output, ct);
+                continue;
+            }
+            if (tensor.Op == TensorOp.Method)
+            {
+                RunProgram(tensor, output, ct);
                 continue;
             }
             int outSize = tensor.Output.DType.Size();
@@ -167,6 +174,12 @@ public sealed unsafe class ShardExecutor
                 Copy(tensor, output, ct);
                 continue;
             }
+            if (tensor.Op == TensorOp.Method)
+            {
+                // A method tensor needs all of its terms at once, so the final task computes it from the inputs.
+                RunProgram(tensor, output, ct);
+                continue;
+            }
             if (root is null || rootData is null || !root.Has(tensor))
                 throw new InvalidOperationException($"root partial lacks '{tensor.Output.Key}'");
             int outSize = tensor.Output.DType.Size();
@@ -187,8 +200,59 @@ public sealed unsafe class ShardExecutor
         }
     }
 
+    /// <summary>
+    /// A non-linear tensor: its program's statistics passes, then the output pass, each streaming the terms' windows
+    /// chunk by chunk (progress counts the output pass, so a bar still ends at the plan's input bytes).
+    /// </summary>
+    private void RunProgram(PlannedTensor tensor, SafetensorsWriter output, CancellationToken ct)
+    {
+        var context = new TensorContext(tensor.Output.Key, tensor.Output.Shape, tensor.Terms.Length);
+        var io = new ProgramIo(this, tensor, output);
+        _programs.Run(tensor.Program!, context, _chunk, io, io, ct);
+        if (!io.Finite) NonFinite!(tensor);
+    }
+
+    /// <summary>The executor's windows as a program's source and its output buffer as the sink.</summary>
+    private sealed class ProgramIo(ShardExecutor executor, PlannedTensor tensor, SafetensorsWriter output) : ITensorSource, ITensorSink
+    {
+        private readonly int _outSize = tensor.Output.DType.Size();
+
+        public void Map(long start, int count)
+        {
+            // Blocks of whole rows longer than the executor's chunk make a chunk of one row.
+            if (executor._out.Length < count * _outSize) executor._out = new byte[count * _outSize];
+            executor.MapTerms(tensor, -1, start, count, progress: false);
+        }
+
+        public void Decode(int leaf, int offset, Span<double> destination)
+        {
+            var term = tensor.Terms[leaf];
+            int size = term.Tensor.DType.Size();
+            DTypeConvert.ToFloat64(term.Tensor.DType, new ReadOnlySpan<byte>((byte*)executor._window[leaf] + (long)offset * size, destination.Length * size), destination);
+        }
+
+        public void Release(long start, int count) => executor.ReleaseTerms(tensor, -1, start, count);
+
+        /// <summary>False once a written value is NaN or infinite, or overflows the output dtype (checked only when someone asked).</summary>
+        public bool Finite { get; private set; } = true;
+
+        public void Write(int offset, ReadOnlySpan<double> values)
+        {
+            DTypeConvert.FromFloat64(values, tensor.Output.DType, executor._out.AsSpan(offset * _outSize, values.Length * _outSize));
+            Finite = Finite && executor.Finite(values, tensor.Output.DType);
+        }
+
+        public void Flush(long start, int count)
+        {
+            long bytes = 0;
+            foreach (var term in tensor.Terms) bytes += (long)count * term.Tensor.DType.Size();
+            executor._progress?.Add(bytes, 0, tensor.Component);
+            executor.WriteOutput(tensor, start, count, output);
+        }
+    }
+
     /// <summary>Maps elements [start, start+n) of every term in <paramref name="group"/> (all terms when -1) into <see cref="_window"/>.</summary>
-    private void MapTerms(PlannedTensor tensor, int group, long start, int n)
+    private void MapTerms(PlannedTensor tensor, int group, long start, int n, bool progress = true)
     {
         long bytes = 0;
         for (int t = 0; t < tensor.Terms.Length; t++)
@@ -200,7 +264,7 @@ public sealed unsafe class ShardExecutor
             bytes += n * size;
         }
         BytesRead += bytes;
-        _progress?.Add(bytes, 0, tensor.Component);
+        if (progress) _progress?.Add(bytes, 0, tensor.Component);
     }
 
     private void ReleaseTerms(PlannedTensor tensor, int group, long start, int n)

@@ -1,10 +1,11 @@
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
+using MergeCluster.Engine.Execution;
 
 namespace MergeCluster.Engine.Telemetry;
 
 /// <summary>
-/// The ActivitySource and Meter named "MergeCluster" that the runtime and the engine report to; the CLI wires the
+/// The ActivitySource and Meter named "MergeCluster" that the engine and the cluster report to; the hosts wire the
 /// OpenTelemetry SDK to them. Span and attribute names are constants here so exporters and tests agree.
 /// </summary>
 public static class MergeTelemetry
@@ -15,8 +16,8 @@ public static class MergeTelemetry
     public static readonly Meter Meter = new(Name);
 
     public const string JobSpan = "mergecluster.job";
-    public const string CoordinateSpan = "mergecluster.coordinate";
     public const string PlanSpan = "mergecluster.plan";
+    public const string ScheduleSpan = "mergecluster.schedule";
     public const string AssembleSpan = "mergecluster.assemble";
     public const string TaskSpan = "mergecluster.task";
 
@@ -27,6 +28,8 @@ public static class MergeTelemetry
     public const string ModelsTag = "mergecluster.models";
     public const string SiloTag = "mergecluster.silo";
     public const string BytesTag = "mergecluster.bytes";
+    public const string BytesReadTag = "mergecluster.bytes.read";
+    public const string BytesWrittenTag = "mergecluster.bytes.written";
     public const string AttemptTag = "mergecluster.attempt";
     public const string StateTag = "state";
 
@@ -36,16 +39,12 @@ public static class MergeTelemetry
     public static readonly Counter<long> BytesWritten = Meter.CreateCounter<long>("mergecluster.bytes.written", "By", "bytes written to scratch and output files");
     /// <summary>Task attempts as they end, tagged with <see cref="StateTag"/>: done, failed, released, lost.</summary>
     public static readonly Counter<long> Tasks = Meter.CreateCounter<long>("mergecluster.tasks", "{task}", "task attempts by how they ended");
-    /// <summary>Claims that took a task over from an expired lease.</summary>
-    public static readonly Counter<long> LeaseExpiries = Meter.CreateCounter<long>("mergecluster.lease.expiries", "{lease}", "task leases that expired and were taken over");
-    /// <summary>Claims of a task's second or later attempt.</summary>
+    /// <summary>Task attempts after the first (a failure, or a silo lost while running it).</summary>
     public static readonly Counter<long> Retries = Meter.CreateCounter<long>("mergecluster.task.retries", "{attempt}", "task attempts after the first");
-    /// <summary>Ledger calls retried after a transient error (a lost connection, a restarting server).</summary>
-    public static readonly Counter<long> LedgerRetries = Meter.CreateCounter<long>("mergecluster.ledger.retries", "{call}", "ledger calls retried after a transient error");
 
     /// <summary>
-    /// Starts a job's root span and returns its W3C traceparent for the ledger. With no listener (no exporter
-    /// configured) a traceparent is still made up, so the silos' task spans share one trace id whatever the client did.
+    /// Starts a job's root span and returns its W3C traceparent. With no listener (no exporter configured) a
+    /// traceparent is still made up, so the silos' task spans share one trace id whatever the client did.
     /// </summary>
     public static Activity? StartJob(string recipe, out string traceParent)
     {
@@ -54,6 +53,17 @@ public static class MergeTelemetry
         traceParent = activity?.Id is { } id && activity.IdFormat == ActivityIdFormat.W3C
             ? id
             : $"00-{ActivityTraceId.CreateRandom().ToHexString()}-{ActivitySpanId.CreateRandom().ToHexString()}-01";
+        return activity;
+    }
+
+    /// <summary>Starts the span of one task attempt; <see cref="JobRun.Run"/> adds its shard, models and bytes.</summary>
+    public static Activity? StartTask(MergeTask task, int attempt, ActivityContext parent, ActivityKind kind = ActivityKind.Internal)
+    {
+        var activity = Source.StartActivity(TaskSpan, kind, parent);
+        activity?.SetTag(TaskTag, task.Name)
+            .SetTag(KindTag, task.Kind)
+            .SetTag(BytesTag, task.Bytes)
+            .SetTag(AttemptTag, attempt);
         return activity;
     }
 

@@ -5,7 +5,7 @@ using MergeCluster.Safetensors;
 namespace MergeCluster.Merge.Recipes;
 
 /// <summary>How a component's tensors are made from its models.</summary>
-public enum MergeMethod { Mean, WeightedSum, AddDifference, Copy }
+public enum MergeMethod { Mean, WeightedSum, AddDifference, Copy, GeometricMedian, ModelStock, Ties, Dare, Slerp }
 
 /// <summary>What to do with a tensor key that a model lacks (a pruned checkpoint).</summary>
 public enum MissingPolicy { Base, Skip, Error }
@@ -22,7 +22,16 @@ public sealed record ComponentRule(
     double Alpha,
     ImmutableSortedDictionary<string, double> BlockAlphas,
     MissingPolicy? Missing,
-    int Line);
+    int Line)
+{
+    /// <summary>The method's own settings (k, probability, seed, eps ...), by YAML name; see <see cref="RecipeTrees"/>.</summary>
+    public ImmutableSortedDictionary<string, object?> Options { get; init; } = ImmutableSortedDictionary<string, object?>.Empty;
+    /// <summary>The base the task vectors of ties, dare and model_stock are taken from: the rule's `base:`, else the recipe's.</summary>
+    public string? DeltaBase { get; init; }
+}
+
+/// <summary>The language a recipe is written in.</summary>
+public enum RecipeFormat { Yaml, Mecha }
 
 /// <summary>Where the merged checkpoint goes (null when the recipe leaves it to `-o`) and the dtype its float tensors are rounded to.</summary>
 public sealed record RecipeOutput(string? Path, DType DType, int Line);
@@ -67,6 +76,11 @@ public sealed class Recipe
     public string? Base { get; }
     public MissingPolicy Missing { get; }
     public ImmutableDictionary<string, ComponentRule> Components { get; }
+    public RecipeFormat Format { get; private init; }
+    /// <summary>A .mecha recipe's tree, over every component (null for YAML, whose trees are per rule).</summary>
+    public RecipeNode? Tree { get; private init; }
+    /// <summary>The architecture a .mecha recipe's model_config names (sdxl-sgm: SDXL, sd1-ldm: SD1).</summary>
+    public ModelArchitecture? ModelConfig { get; private init; }
     public RecipeOutput Output { get; }
     public int ReduceGroup { get; }
 
@@ -78,8 +92,9 @@ public sealed class Recipe
     public string OutputPath => ResolvePath(OutputPathAsWritten);
 
     /// <summary>The output path as the recipe writes it (relative to <see cref="Directory"/>).</summary>
-    public string OutputPathAsWritten => Output.Path
-        ?? throw new MergeException($"{Source}:{Output.Line}: output has no path; give output.path in the recipe or -o OUT");
+    public string OutputPathAsWritten => Output.Path ?? throw new MergeException(Format == RecipeFormat.Mecha
+        ? $"{Source}: the recipe names no output file (a .mecha recipe never does): give -o OUT"
+        : $"{Source}:{Output.Line}: output has no path; give output.path in the recipe or -o OUT");
 
     public string ResolvePath(string path) => System.IO.Path.GetFullPath(System.IO.Path.Combine(Directory, path));
 
@@ -97,12 +112,34 @@ public sealed class Recipe
         {
             throw new MergeException($"{path}: cannot read recipe: {e.Detail}", e);
         }
-        return RecipeParser.Parse(text, System.IO.Path.GetDirectoryName(full)!, path);
+        return Parse(text, System.IO.Path.GetDirectoryName(full)!, path);
     }
 
-    public static Recipe Parse(string text, string directory, string source) => RecipeParser.Parse(text, directory, source);
+    /// <summary>Parses YAML, or sd-mecha's .mecha format when the text starts with its `version` line.</summary>
+    public static Recipe Parse(string text, string directory, string source) =>
+        MechaFormat.IsMecha(text) ? MechaFormat.Parse(text, directory, source) : RecipeParser.Parse(text, directory, source);
+
+    /// <summary>A .mecha recipe: one tree, its models, no rules; the output comes from the command line.</summary>
+    internal static Recipe FromTree(string source, string directory, string text, ImmutableArray<RecipeModel> models, RecipeNode tree,
+        ModelArchitecture config, RecipeOutput output) =>
+        new(source, directory, text, models, null, MissingPolicy.Skip, ImmutableDictionary<string, ComponentRule>.Empty, output, DefaultReduceGroup)
+        {
+            Format = RecipeFormat.Mecha,
+            Tree = tree,
+            ModelConfig = config,
+        };
 
     /// <summary>The same recipe with its output sent elsewhere (a replay, or `merge -o`).</summary>
-    public Recipe WithOutputPath(string absolutePath) =>
-        new(Source, Directory, Text, Models, Base, Missing, Components, Output with { Path = System.IO.Path.GetFullPath(absolutePath) }, ReduceGroup);
+    public Recipe WithOutputPath(string absolutePath) => WithOutput(Output with { Path = System.IO.Path.GetFullPath(absolutePath) });
+
+    /// <summary>The same recipe rounding to another dtype (`merge --dtype`; a .mecha recipe names none).</summary>
+    public Recipe WithOutputDType(DType dtype) => WithOutput(Output with { DType = dtype });
+
+    private Recipe WithOutput(RecipeOutput output) =>
+        new(Source, Directory, Text, Models, Base, Missing, Components, output, ReduceGroup)
+        {
+            Format = Format,
+            Tree = Tree,
+            ModelConfig = ModelConfig,
+        };
 }

@@ -1,6 +1,7 @@
 using System.Collections.Immutable;
 using System.Globalization;
 using MergeCluster.Merge.Architecture;
+using MergeCluster.Merge.Methods;
 using MergeCluster.Safetensors;
 using YamlDotNet.Core;
 using YamlDotNet.Core.Events;
@@ -121,19 +122,13 @@ internal static class RecipeParser
                 throw ctx.Error(k, $"unknown component '{component}' (expected unet, te0, te1, vae, other or all)");
             if (rules.ContainsKey(component)) throw ctx.Error(k, $"component '{component}' has two rules");
             if (v is not YamlMappingNode rule) throw ctx.Error(v, $"rule for {component} must be a mapping with a method");
-            rules[component] = ParseRule(ctx, component, rule, models);
+            rules[component] = ParseRule(ctx, component, rule, models, baseName);
         }
         return rules.ToImmutable();
     }
 
-    private static ComponentRule ParseRule(Context ctx, string component, YamlMappingNode rule, ImmutableArray<RecipeModel> models)
+    private static ComponentRule ParseRule(Context ctx, string component, YamlMappingNode rule, ImmutableArray<RecipeModel> models, string? recipeBase)
     {
-        string[] allowed = ["method", "models", "model", "weights", "alpha", "alphas", "missing"];
-        foreach (var (k, _) in rule.Children)
-        {
-            string key = ctx.Scalar(k, "key");
-            if (!allowed.Contains(key)) throw ctx.Error(k, $"unknown field '{key}' in the {component} rule");
-        }
         if (Find(rule, "method") is not { } methodNode) throw ctx.Error(rule, $"rule for {component} has no method");
         string methodName = ctx.Scalar(methodNode, "method");
         MergeMethod method = methodName switch
@@ -142,8 +137,20 @@ internal static class RecipeParser
             "weighted_sum" => MergeMethod.WeightedSum,
             "add_difference" => MergeMethod.AddDifference,
             "copy" => MergeMethod.Copy,
-            _ => throw ctx.Error(methodNode, $"unknown method '{methodName}' (expected mean, weighted_sum, add_difference or copy)"),
+            "geometric_median" => MergeMethod.GeometricMedian,
+            "model_stock" => MergeMethod.ModelStock,
+            "ties" => MergeMethod.Ties,
+            "dare" => MergeMethod.Dare,
+            "slerp" => MergeMethod.Slerp,
+            _ => throw ctx.Error(methodNode, $"unknown method '{methodName}' (expected mean, weighted_sum, add_difference, copy, geometric_median, model_stock, ties, dare or slerp)"),
         };
+        var optionSpecs = RecipeTrees.Options(method);
+        string[] allowed = ["method", "models", "model", "weights", "alpha", "alphas", "missing", "base", .. optionSpecs.Select(o => o.Name)];
+        foreach (var (k, _) in rule.Children)
+        {
+            string key = ctx.Scalar(k, "key");
+            if (!allowed.Contains(key)) throw ctx.Error(k, $"unknown field '{key}' in the {component} rule");
+        }
 
         ImmutableArray<string> names;
         YamlNode listNode;
@@ -163,7 +170,7 @@ internal static class RecipeParser
             if (!models.Any(m => m.Name == n)) throw ctx.Error(listNode, $"unknown model '{n}' in the {component} rule (not named under models)");
         if (names.Distinct().Count() != names.Length) throw ctx.Error(listNode, $"a model appears twice in the {component} rule");
 
-        int expected = method switch { MergeMethod.WeightedSum => 2, MergeMethod.AddDifference => 3, _ => -1 };
+        int expected = method switch { MergeMethod.WeightedSum or MergeMethod.Slerp => 2, MergeMethod.AddDifference => 3, _ => -1 };
         if (expected > 0 && names.Length != expected)
             throw ctx.Error(listNode, $"{methodName} takes exactly {expected} models, got {names.Length}");
 
@@ -178,14 +185,39 @@ internal static class RecipeParser
             if (weights.Sum() <= 0) throw ctx.Error(wNode, "weights must not all be zero");
         }
 
-        double alpha = 0;
+        double alpha = RecipeTrees.DefaultAlpha(method) ?? 0;
         if (Find(rule, "alpha") is { } aNode)
         {
-            if (method is MergeMethod.Mean or MergeMethod.Copy) throw ctx.Error(aNode, $"alpha does not apply to {methodName}");
+            if (method is MergeMethod.Mean or MergeMethod.Copy or MergeMethod.GeometricMedian) throw ctx.Error(aNode, $"alpha does not apply to {methodName}");
             alpha = ctx.Double(aNode, "alpha");
         }
         else if (method is MergeMethod.WeightedSum or MergeMethod.AddDifference)
             throw ctx.Error(rule, $"{methodName} for {component} needs alpha");
+
+        string? deltaBase = null;
+        if (Find(rule, "base") is { } rbNode)
+        {
+            if (!RecipeTrees.NeedsBase(method)) throw ctx.Error(rbNode, $"base does not apply to {methodName} (only ties, dare and model_stock take task vectors from a base)");
+            deltaBase = ctx.Scalar(rbNode, "base");
+            if (!models.Any(m => m.Name == deltaBase)) throw ctx.Error(rbNode, $"base '{deltaBase}' is not a model named under models");
+        }
+        else if (RecipeTrees.NeedsBase(method))
+            deltaBase = recipeBase ?? throw ctx.Error(rule, $"{methodName} for {component} takes task vectors from a base: add `base: NAME` to the rule or the recipe");
+
+        var options = ImmutableSortedDictionary.CreateBuilder<string, object?>(StringComparer.Ordinal);
+        foreach (var spec in optionSpecs)
+        {
+            if (Find(rule, spec.Name) is not { } oNode) continue;
+            object value = spec.Type switch
+            {
+                ParameterType.Integer => (long)ctx.Int(oNode, spec.Name),
+                ParameterType.Boolean => ctx.Bool(oNode, spec.Name),
+                _ => ctx.Double(oNode, spec.Name),
+            };
+            if (spec.Name is "k" or "probability" && value is double p && p is < 0 or > 1)
+                throw ctx.Error(oNode, $"{spec.Name} must be between 0 and 1, got {p}");
+            options[spec.Name] = value;
+        }
 
         var blocks = ImmutableSortedDictionary<string, double>.Empty;
         if (Find(rule, "alphas") is { } bNode)
@@ -195,7 +227,7 @@ internal static class RecipeParser
         }
 
         MissingPolicy? missing = Find(rule, "missing") is { } mNode ? ParseMissing(ctx, mNode) : null;
-        return new ComponentRule(component, method, names, weights, alpha, blocks, missing, Line(rule));
+        return new ComponentRule(component, method, names, weights, alpha, blocks, missing, Line(rule)) { Options = options.ToImmutable(), DeltaBase = deltaBase };
     }
 
     private static ImmutableSortedDictionary<string, double> ParseBlockAlphas(Context ctx, YamlNode node)
@@ -335,6 +367,13 @@ internal static class RecipeParser
                 throw Error(node, $"{what} '{s}' is not a finite number");
             return v;
         }
+
+        public bool Bool(YamlNode node, string what) => Scalar(node, what).ToLowerInvariant() switch
+        {
+            "true" or "yes" => true,
+            "false" or "no" => false,
+            var s => throw Error(node, $"{what} '{s}' is not true or false"),
+        };
 
         public int Int(YamlNode node, string what)
         {

@@ -1,12 +1,11 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
-using System.Text;
 
 namespace MergeCluster.Merge.Synthesis;
 
 /// <summary>
 /// The values of one synthetic tensor: a base shared by every seed plus a small per-seed deviation, each element a pure
-/// function of (key, index, seed) through a counter-based hash, so any range can be generated alone, on any thread,
+/// function of (key, index, seed) through a counter-based hash (<see cref="CounterHash"/>), so any range can be generated alone, on any thread,
 /// with SIMD. Base weights follow roughly N(0, 0.02) like trained weights; norm scales sit near 1; the deviation's
 /// standard deviation is <see cref="DeviationRatio"/> of the base's, like the distance between fine-tunes of one model.
 /// </summary>
@@ -26,8 +25,8 @@ public readonly struct SyntheticValues
 
     public SyntheticValues(string key, ulong seed)
     {
-        _baseStream = SplitMix(Fnv1a(key));
-        _deviationStream = SplitMix(_baseStream ^ SplitMix(seed + 0x9E3779B97F4A7C15UL));
+        _baseStream = CounterHash.KeyStream(key);
+        _deviationStream = CounterHash.Derive(_baseStream, seed);
         (_mean, _std) = Profile(key);
     }
 
@@ -62,7 +61,7 @@ public readonly struct SyntheticValues
         }
     }
 
-    private static (uint, uint) Stream(ulong stream, uint high) => ((uint)stream, (uint)(stream >> 32) ^ Hash(new Vector<uint>(high))[0]);
+    private static (uint, uint) Stream(ulong stream, uint high) => CounterHash.Words(stream, high);
 
     private void FillBlock((uint Lo, uint Hi) b, (uint Lo, uint Hi) d, uint firstCounter, Span<float> dest)
     {
@@ -91,20 +90,9 @@ public readonly struct SyntheticValues
     private static Vector<float> Value(Vector<uint> counter, Vector<uint> bLo, Vector<uint> bHi, Vector<uint> dLo, Vector<uint> dHi,
         Vector<float> mean, Vector<float> std, Vector<float> deviationStd)
     {
-        var b = Gaussian(Hash(Hash(counter ^ bLo) ^ bHi));
-        var d = Gaussian(Hash(Hash(counter ^ dLo) ^ dHi));
+        var b = Gaussian(CounterHash.Bits(counter, bLo, bHi));
+        var d = Gaussian(CounterHash.Bits(counter, dLo, dHi));
         return mean + std * b + deviationStd * d;
-    }
-
-    /// <summary>Chris Wellons' lowbias32: a bijective 32-bit mix that vectorises (32-bit multiplies only).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector<uint> Hash(Vector<uint> x)
-    {
-        x ^= Vector.ShiftRightLogical(x, 16);
-        x *= new Vector<uint>(0x7FEB352DU);
-        x ^= Vector.ShiftRightLogical(x, 15);
-        x *= new Vector<uint>(0x846CA68BU);
-        return x ^ Vector.ShiftRightLogical(x, 16);
     }
 
     /// <summary>An approximately standard normal value (Irwin-Hall of the word's four bytes): cheap, bounded by ±3.45.</summary>
@@ -115,22 +103,6 @@ public readonly struct SyntheticValues
         var s = (h & pairs) + (Vector.ShiftRightLogical(h, 8) & pairs);
         s = (s & new Vector<uint>(0xFFFFU)) + Vector.ShiftRightLogical(s, 16);
         return (Vector.ConvertToSingle(Vector.AsVectorInt32(s)) - new Vector<float>(ByteSumMean)) * new Vector<float>(ByteSumScale);
-    }
-
-    private static ulong SplitMix(ulong z)
-    {
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
-
-    /// <summary>A stable hash of the key; string.GetHashCode is randomised per process and would break determinism.</summary>
-    private static ulong Fnv1a(string key)
-    {
-        ulong h = 0xCBF29CE484222325UL;
-        foreach (byte b in Encoding.UTF8.GetBytes(key))
-            h = (h ^ b) * 0x100000001B3UL;
-        return h;
     }
 
     /// <summary>Realistic magnitudes by the kind of tensor the key names.</summary>

@@ -20,10 +20,17 @@ public static class MergeClusterCli
     /// <summary>The path of mergecluster.dll, built if needed.</summary>
     public static Task<string> DllAsync() => Built.Value;
 
-    /// <summary>Runs one command with the ledger connection in MERGECLUSTER_LEDGER (as a deployment would, off the command line).</summary>
-    public static async Task<ProcessRunner.Result> RunAsync(string? ledger, params string[] args)
+    /// <summary>Runs one command with <paramref name="environment"/> (storage and ids, as a deployment passes them, off the command line).</summary>
+    public static async Task<ProcessRunner.Result> RunAsync(IReadOnlyDictionary<string, string>? environment, params string[] args)
     {
-        var env = new Dictionary<string, string?> { ["MERGECLUSTER_LEDGER"] = ledger, ["OTEL_EXPORTER_OTLP_ENDPOINT"] = null };
+        var env = new Dictionary<string, string?>
+        {
+            ["OTEL_EXPORTER_OTLP_ENDPOINT"] = null,
+            ["MERGECLUSTER_STORAGE"] = null,
+            ["MERGECLUSTER_CLUSTER_ID"] = null,
+            ["MERGECLUSTER_SERVICE_ID"] = null,
+        };
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>()) env[key] = value;
         return await ProcessRunner.RunAsync("dotnet", [await DllAsync(), .. args], env);
     }
 

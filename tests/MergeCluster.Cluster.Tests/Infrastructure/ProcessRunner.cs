@@ -3,7 +3,7 @@ using System.Text;
 
 namespace MergeCluster.Cluster.Tests.Infrastructure;
 
-/// <summary>Runs a program to completion and returns its exit code and output; for pg_ctl, initdb and CLI commands.</summary>
+/// <summary>Runs a program to completion and returns its exit code and output; for CLI commands and tools.</summary>
 public static class ProcessRunner
 {
     public sealed record Result(int ExitCode, string Stdout, string Stderr)
@@ -47,10 +47,4 @@ public static class ProcessRunner
         process.WaitForExit(); // drains the output events
         return new Result(process.ExitCode, stdout.ToString(), stderr.ToString());
     }
-
-    /// <summary>Runs as the postgres user when the tests run as root (PostgreSQL refuses to run as root).</summary>
-    public static Task<Result> RunAsPostgresAsync(string file, params string[] args) =>
-        Environment.UserName == "root"
-            ? RunAsync("runuser", ["-u", "postgres", "--", file, .. args])
-            : RunAsync(file, args);
 }

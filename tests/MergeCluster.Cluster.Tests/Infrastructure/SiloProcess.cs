@@ -5,7 +5,7 @@ using System.Text;
 namespace MergeCluster.Cluster.Tests.Infrastructure;
 
 /// <summary>
-/// A real <c>mergecluster silo</c> process: started with the ledger in its environment, its stdout and stderr captured,
+/// A real <c>mergecluster silo</c> process: started with the storage in its environment, its stdout and stderr captured,
 /// and stopped the ways a cluster loses members: <see cref="Kill"/> (kill -9) or <see cref="Terminate"/> (SIGTERM, a drain).
 /// </summary>
 public sealed partial class SiloProcess : IAsyncDisposable
@@ -29,15 +29,8 @@ public sealed partial class SiloProcess : IAsyncDisposable
         Name = name;
     }
 
-    /// <summary>
-    /// Starts <c>mergecluster silo --name NAME --data-root ROOT [args...]</c>. The test engine is chosen with
-    /// <c>"--engine", "test"</c> in <paramref name="args"/>; merge-level tests leave it out.
-    /// </summary>
-    public static Task<SiloProcess> StartAsync(string ledger, string name, string dataRoot, params string[] args) =>
-        StartAsync(ledger, name, dataRoot, new Dictionary<string, string>(), args);
-
-    /// <summary>As above, with extra environment variables (OTEL_* for instance).</summary>
-    public static async Task<SiloProcess> StartAsync(string ledger, string name, string dataRoot, IReadOnlyDictionary<string, string> environment, params string[] args)
+    /// <summary>Starts <c>mergecluster silo --name NAME [args...]</c> with <paramref name="environment"/> (storage, ids, OTEL_*) set.</summary>
+    public static async Task<SiloProcess> StartAsync(string name, IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         var info = new ProcessStartInfo("dotnet")
         {
@@ -45,8 +38,7 @@ public sealed partial class SiloProcess : IAsyncDisposable
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (var arg in new[] { await MergeClusterCli.DllAsync(), "silo", "--name", name, "--data-root", dataRoot }.Concat(args)) info.ArgumentList.Add(arg);
-        info.Environment["MERGECLUSTER_LEDGER"] = ledger;
+        foreach (var arg in new[] { await MergeClusterCli.DllAsync(), "silo", "--name", name }.Concat(args)) info.ArgumentList.Add(arg);
         info.Environment.Remove("OTEL_EXPORTER_OTLP_ENDPOINT");
         foreach (var (key, value) in environment) info.Environment[key] = value;
         var process = Process.Start(info)!;
@@ -73,13 +65,22 @@ public sealed partial class SiloProcess : IAsyncDisposable
             return false;
         }, $"silo {Name} writes '{text}'\n{Output}", timeout);
 
-    /// <summary>kill -9: no drain, no deregistration; its leases must expire.</summary>
+    /// <summary>kill -9: no drain, no goodbye; the cluster must notice the silo is gone.</summary>
     public void Kill() => _process.Kill();
 
     /// <summary>SIGTERM, as Kubernetes sends on scale-in: the silo drains and exits.</summary>
     public void Terminate()
     {
         if (SendSignal(Pid, 15) != 0) throw new InvalidOperationException($"kill -TERM {Pid} failed: errno {Marshal.GetLastPInvokeError()}");
+    }
+
+    /// <summary>kill -STOP / -CONT: the silo freezes (mid-task) and thaws.</summary>
+    public void Freeze() => Signal(19);
+    public void Thaw() => Signal(18);
+
+    private void Signal(int signal)
+    {
+        if (SendSignal(Pid, signal) != 0) throw new InvalidOperationException($"kill -{signal} {Pid} failed: errno {Marshal.GetLastPInvokeError()}");
     }
 
     public async Task<int> WaitForExitAsync(TimeSpan? timeout = null)
@@ -94,6 +95,7 @@ public sealed partial class SiloProcess : IAsyncDisposable
     {
         if (!_process.HasExited)
         {
+            Thaw();
             _process.Kill();
             await _process.WaitForExitAsync();
         }

@@ -9,8 +9,8 @@ public static class Checkpoints
 {
     public sealed record Tensor(string Key, DType DType, long[] Shape);
 
-    /// <summary>A few keys from each component, a non-float key, and one large enough to span several chunks.</summary>
-    public static IReadOnlyList<Tensor> SdxlLike(DType dtype) =>
+    /// <summary>A few keys from each component, a non-float key, and one (<paramref name="large"/>, 700×1000 by default) large enough to span several chunks.</summary>
+    public static IReadOnlyList<Tensor> SdxlLike(DType dtype, long[]? large = null) =>
     [
         new("conditioner.embedders.0.transformer.text_model.embeddings.position_ids", DType.I64, [1, 77]),
         new("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", dtype, [64, 32]),
@@ -18,7 +18,7 @@ public static class Checkpoints
         new("conditioner.embedders.1.model.text_projection", dtype, [16, 16]),
         new("first_stage_model.decoder.conv_in.weight", dtype, [8, 4, 3, 3]),
         new("model.diffusion_model.input_blocks.0.0.weight", dtype, [32, 4, 3, 3]),
-        new("model.diffusion_model.input_blocks.4.1.proj_in.weight", dtype, [700, 1000]),
+        new("model.diffusion_model.input_blocks.4.1.proj_in.weight", dtype, large ?? [700, 1000]),
         new("model.diffusion_model.middle_block.1.norm.weight", dtype, [33]),
         new("model.diffusion_model.out.2.bias", dtype, [4]),
         new("model.diffusion_model.output_blocks.8.0.skip_connection.bias", dtype, [17]),

@@ -7,6 +7,15 @@ namespace MergeCluster.Merge.Tests.Merging;
 
 public class MergeNumericsTests
 {
+    /// <summary>Runs that must all give the same bits: one or two threads, one shard or many, fused or tree-shaped tasks.</summary>
+    public static readonly LocalMergeOptions[] Variations =
+    [
+        new() { Threads = 1, ShardBytes = 1L << 30 },
+        new() { Threads = 2, ShardBytes = 4096 },
+        new() { Threads = 2, ShardBytes = 100_000, Shape = TaskShape.Tree },
+        new() { Threads = 1, ShardBytes = 1, Shape = TaskShape.Tree },
+    ];
+
     private static async Task<string> Merge(TempDirectory dir, string recipeYaml, LocalMergeOptions? options = null)
     {
         File.WriteAllText(dir.File("recipe.yaml"), recipeYaml);
@@ -61,13 +70,7 @@ public class MergeNumericsTests
         var parsed = Recipe.Load(dir.File("recipe.yaml"));
 
         byte[]? reference = null;
-        foreach (var options in new[]
-        {
-            new LocalMergeOptions { Threads = 1, ShardBytes = 1L << 30 },
-            new LocalMergeOptions { Threads = 2, ShardBytes = 4096 },
-            new LocalMergeOptions { Threads = 2, ShardBytes = 100_000, Shape = TaskShape.Tree },
-            new LocalMergeOptions { Threads = 1, ShardBytes = 1, Shape = TaskShape.Tree },
-        })
+        foreach (var options in Variations)
         {
             string output = await LocalMerge.RunAsync(parsed, options with { HashInputs = false, OutputPath = dir.File($"out-{Guid.NewGuid():N}.safetensors") }, null, CancellationToken.None);
             byte[] bytes = File.ReadAllBytes(output);

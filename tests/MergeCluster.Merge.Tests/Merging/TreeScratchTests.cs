@@ -51,29 +51,31 @@ public class TaskShapeTests
 {
     /// <summary>Auto is fused when some silo holds every model (shared storage) and a tree when the models are spread.</summary>
     [Fact]
-    public async Task Auto_shape_builds_a_tree_only_when_no_silo_holds_every_model()
+    public void Auto_shape_builds_a_tree_only_when_no_silo_holds_every_model()
     {
         using var dir = new TempDirectory();
         for (int i = 0; i < 2; i++) Checkpoints.Write(dir.File($"m{i}.safetensors"), i + 1, DType.F16);
         File.WriteAllText(dir.File("recipe.yaml"), "models:\n  m0: m0.safetensors\n  m1: m1.safetensors\ncomponents:\n  all: { method: mean, models: [m0, m1] }\noutput: out.safetensors\nreduce: { group: 1 }\n");
-        var plan = Planning.Planner.Create(Recipe.Load(dir.File("recipe.yaml")));
-        Engine.Ledger.SiloRecord Silo(string name, params string[] models) =>
-            new(name, "host", 1, DateTimeOffset.UtcNow, DateTimeOffset.UtcNow, models.Length == 0 ? null : string.Join('\n', models.Select(m => $"/data/{m}")));
+        var recipe = Recipe.Load(dir.File("recipe.yaml"));
+        var plan = Planning.Planner.Create(recipe);
+        IReadOnlyCollection<string> Holds(params string[] models) => models;
 
-        Assert.Equal(TaskShape.Fused, MergeJobEngine.ShapeFor(plan, [Silo("a", "m0.safetensors", "m1.safetensors", "other.safetensors"), Silo("b", "m0.safetensors")]));
-        Assert.Equal(TaskShape.Tree, MergeJobEngine.ShapeFor(plan, [Silo("a", "m0.safetensors"), Silo("b", "m1.safetensors")]));
-        Assert.Equal(TaskShape.Fused, MergeJobEngine.ShapeFor(plan, [Silo("a"), Silo("b")]));
-        Assert.Contains(MergeJobEngine.Tasks(plan, TaskShape.Tree, []), t => t.Kind == "leaf");
-        Assert.DoesNotContain(MergeJobEngine.Tasks(plan, TaskShape.Fused, []), t => t.Kind == "leaf");
+        Assert.Equal(TaskShape.Fused, MergeJob.ShapeFor(plan, [Holds("m0.safetensors", "m1.safetensors", "other.safetensors"), Holds("m0.safetensors")]));
+        Assert.Equal(TaskShape.Tree, MergeJob.ShapeFor(plan, [Holds("m0.safetensors"), Holds("m1.safetensors")]));
+        Assert.Equal(TaskShape.Fused, MergeJob.ShapeFor(plan, [Holds(), Holds()]));
+        Assert.Contains(MergeJob.TasksFor(plan, TaskShape.Tree), t => t.Kind == TaskKinds.Leaf);
+        Assert.DoesNotContain(MergeJob.TasksFor(plan, TaskShape.Fused), t => t.Kind == TaskKinds.Leaf);
 
-        // A job whose auto shape turns out a tree gets the scratch directory its leaves write into.
-        var job = new Engine.Ledger.JobRecord(7, Engine.Ledger.JobState.Running, File.ReadAllText(dir.File("recipe.yaml")), dir.Path,
-            new MergeJobOptions { HashInputs = false }.ToJson(), "a", null, null, DateTimeOffset.UtcNow, null, null);
-        using var engine = new MergeJobEngine();
-        var planned = await engine.PlanAsync(job, [Silo("a", "m0.safetensors"), Silo("b", "m1.safetensors")], CancellationToken.None);
-        Assert.Contains(planned.Tasks, t => t.Kind == "leaf");
-        Assert.Equal(MergeJobOptions.FromJson(planned.Options).Scratch, Assert.Single(Directory.EnumerateDirectories(dir.Path, "*.scratch")));
-        await engine.CleanupAsync(job with { Options = planned.Options }, CancellationToken.None);
+        // A job whose auto shape turns out a tree gets the scratch directory its leaves write into, and its own
+        // temporary output; cleanup removes both.
+        using var job = MergeJob.Create(recipe, new MergeJobOptions { HashInputs = false }, new JobEnvironment(), [Holds("m0.safetensors"), Holds("m1.safetensors")]);
+        Assert.Equal(TaskShape.Tree, job.Shape);
+        Assert.Contains(job.Tasks, t => t.Kind == TaskKinds.Leaf);
+        Assert.True(Directory.Exists(job.Files.Scratch));
+        Assert.True(File.Exists(job.Files.TempOutput));
+        MergeJob.Cleanup(job.Files);
+        Assert.False(Directory.Exists(job.Files.Scratch));
+        Assert.False(File.Exists(job.Files.TempOutput));
         Assert.Empty(Directory.EnumerateFileSystemEntries(dir.Path, ".*"));
     }
 }
