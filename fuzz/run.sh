@@ -5,10 +5,10 @@
 # a crashing or hanging input belongs in fuzz/regressions/TARGET/, which the test suite runs.
 set -euo pipefail
 cd "$(dirname "$0")"
-seconds=${1:?usage: fuzz/run.sh SECONDS [header|recipe ...]}
+seconds=${1:?usage: fuzz/run.sh SECONDS [header|recipe|mecha ...]}
 shift
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(header recipe)
+[[ ${#targets[@]} -gt 0 ]] || targets=(header recipe mecha)
 
 if ! command -v afl-fuzz >/dev/null; then
   echo "fuzz: installing afl++ (apt-get)..." >&2

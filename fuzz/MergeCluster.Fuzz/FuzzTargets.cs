@@ -19,7 +19,8 @@ public static class FuzzTargets
     {
         ["header"] = Header,
         ["recipe"] = Recipe,
-        // ["mecha"] = Mecha: sd-mecha's .mecha recipes, once their parser exists (issue 14); seeds under fuzz/corpus/mecha.
+        // sd-mecha's .mecha format: the same entry point (the text chooses the parser), its own seeds.
+        ["mecha"] = Recipe,
     };
 
     /// <summary>
@@ -43,7 +44,7 @@ public static class FuzzTargets
             throw new InvalidOperationException("a header written back by the layout parses to other tensors or metadata");
     }
 
-    /// <summary>The input is recipe text, as `--from-metadata` reads it from a downloaded file.</summary>
+    /// <summary>The input is recipe text (YAML or .mecha), as `--from-metadata` reads it from a downloaded file.</summary>
     public static void Recipe(byte[] bytes)
     {
         Recipe recipe;

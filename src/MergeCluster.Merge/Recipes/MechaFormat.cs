@@ -17,6 +17,11 @@ namespace MergeCluster.Merge.Recipes;
 public static class MechaFormat
 {
     public const string Version = "0.1.0";
+    /// <summary>
+    /// Deepest chain of merges a recipe may have (a chain of 40 pairwise merges needs 40): the tree is planned
+    /// recursively, and a recipe can come from a downloaded file's metadata.
+    /// </summary>
+    public const int MaxDepth = 256;
     private const string Header = "version " + Version;
     private const string Singleton = "singleton-mecha";
 
@@ -44,7 +49,7 @@ public static class MechaFormat
     private sealed record Constant(object? Value) : Value;
     private sealed record Dict(ImmutableDictionary<string, object?> Entries) : Value;
     private sealed record SingletonLiteral(object? Value) : Value;
-    private sealed record Node(RecipeNode Recipe, MergeSpace Space) : Value;
+    private sealed record Node(RecipeNode Recipe, MergeSpace Space, int Depth = 1) : Value;
 
     private sealed class Reader(string text, string directory, string source)
     {
@@ -207,7 +212,9 @@ public static class MechaFormat
             Check(method, arguments, methodName);
 
             var space = Space(method, inputs, methodName);
-            return new Node(new MergeNode(method, [.. inputs.Select(n => n.Recipe)], arguments, _line), space);
+            int depth = 1 + inputs.Max(n => n.Depth);
+            if (depth > MaxDepth) throw Error(methodName, $"the recipe chains more than {MaxDepth} merges");
+            return new Node(new MergeNode(method, [.. inputs.Select(n => n.Recipe)], arguments, _line), space, depth);
         }
 
         private void Check(MergeMethodDefinition method, MethodArguments arguments, string word)

@@ -116,8 +116,13 @@ public sealed class Recipe
     }
 
     /// <summary>Parses YAML, or sd-mecha's .mecha format when the text starts with its `version` line.</summary>
-    public static Recipe Parse(string text, string directory, string source) =>
-        MechaFormat.IsMecha(text) ? MechaFormat.Parse(text, directory, source) : RecipeParser.Parse(text, directory, source);
+    public static Recipe Parse(string text, string directory, string source)
+    {
+        // A recipe can arrive inside a downloaded checkpoint (--from-metadata): bounded before either format is parsed.
+        if (text.Length > MaxBytes)
+            throw new MergeException($"{source}: the recipe is {text.Length:N0} characters, over the {MaxBytes:N0} limit");
+        return MechaFormat.IsMecha(text) ? MechaFormat.Parse(text, directory, source) : RecipeParser.Parse(text, directory, source);
+    }
 
     /// <summary>A .mecha recipe: one tree, its models, no rules; the output comes from the command line.</summary>
     internal static Recipe FromTree(string source, string directory, string text, ImmutableArray<RecipeModel> models, RecipeNode tree,

@@ -19,9 +19,6 @@ internal static class RecipeParser
 
     public static Recipe Parse(string text, string directory, string source)
     {
-        // A recipe can arrive inside a downloaded checkpoint (--from-metadata): bounded before any YAML is parsed.
-        if (text.Length > Recipe.MaxBytes)
-            throw new MergeException($"{source}: the recipe is {text.Length:N0} characters, over the {Recipe.MaxBytes:N0} limit");
         YamlMappingNode root;
         long line = 1;
         try
