@@ -34,6 +34,13 @@ if [[ ! -f $tools/node_modules/.package-lock.json || $tools/package-lock.json -n
   rm -rf "$tools/.bin"
 fi
 
+# distance draws its PNG plots with ScottPlot (SkiaSharp's bundled native library), whose text needs a TrueType font.
+if ! ls /usr/share/fonts/truetype/*/*.ttf >/dev/null 2>&1; then
+  echo "test: installing a font for the distance plots (apt-get)..."
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq fonts-dejavu-core >/dev/null || { echo "test: could not install fonts-dejavu-core" >&2; exit 1; }
+fi
+
 # The CLI is built once up front so tests that run ./mergecluster as a process do not race to build it.
 ./mergecluster --help >/dev/null || exit 1
 

@@ -8,6 +8,8 @@ foreach (var command in new[]
     InspectCommand.Create(),
     SynthCommand.Create(),
     MergeCommand.Create(),
+    DistanceCommand.Create(),
+    SweepCommand.Create(),
     RecipeCommand.Create(),
     SiloCommand.Create(),
     SubmitCommand.Create(),

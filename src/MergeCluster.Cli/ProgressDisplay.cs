@@ -8,7 +8,8 @@ namespace MergeCluster.Cli;
 /// <summary>A live bar with bytes/s, ETA and component on a terminal; plain periodic lines when output is redirected.</summary>
 public static class ProgressDisplay
 {
-    public static async Task RunAsync(MergeProgress progress, long totalBytes, Func<Task> work, CancellationToken ct)
+    /// <param name="verb">What the work is called on the bar and in the plain lines: merge, distance, sweep.</param>
+    public static async Task RunAsync(MergeProgress progress, long totalBytes, Func<Task> work, CancellationToken ct, string verb = "merge")
     {
         if (!Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive)
         {
@@ -18,7 +19,7 @@ public static class ProgressDisplay
                 .StartAsync(async ctx =>
                 {
                     ProgressTask? hashing = null;
-                    var task = ctx.AddTask("merging", autoStart: false, maxValue: Math.Max(totalBytes, 1));
+                    var task = ctx.AddTask(verb, autoStart: false, maxValue: Math.Max(totalBytes, 1));
                     var running = Task.Run(work);
                     while (!running.IsCompleted)
                     {
@@ -31,7 +32,7 @@ public static class ProgressDisplay
                         }
                         if (progress.Stage != MergeStage.Merging) continue;
                         if (!task.IsStarted) task.StartTask();
-                        task.Description = $"merging {progress.Component.Name()}";
+                        task.Description = $"{verb} {progress.Component.Name()}";
                         task.Value = Math.Min(progress.InputBytes, totalBytes);
                     }
                     await running;
@@ -59,20 +60,20 @@ public static class ProgressDisplay
             if (hashingSince is { } since && clock.Elapsed - since >= TimeSpan.FromSeconds(1))
             {
                 hashingSince = null;
-                Console.Error.WriteLine($"merge: hashing {Units.Bytes(progress.Hashing.Total)} of inputs (not in the hash cache)");
+                Console.Error.WriteLine($"{verb}: hashing {Units.Bytes(progress.Hashing.Total)} of inputs (not in the hash cache)");
             }
             if (clock.Elapsed < next) continue;
             next = clock.Elapsed + TimeSpan.FromSeconds(5);
             if (stage == MergeStage.Hashing)
             {
                 var (hashed, total) = progress.Hashing;
-                Console.Error.WriteLine($"merge: hashed {Units.Bytes(hashed)} / {Units.Bytes(total)} ({100.0 * hashed / Math.Max(total, 1):F0}%)");
+                Console.Error.WriteLine($"{verb}: hashed {Units.Bytes(hashed)} / {Units.Bytes(total)} ({100.0 * hashed / Math.Max(total, 1):F0}%)");
                 continue;
             }
             long done = progress.InputBytes;
             double rate = done / Math.Max(clock.Elapsed.TotalSeconds, 1e-9);
             string eta = rate > 0 ? TimeSpan.FromSeconds((totalBytes - done) / rate).ToString(@"h\:mm\:ss") : "?";
-            Console.Error.WriteLine($"merge: {Units.Bytes(done)} / {Units.Bytes(totalBytes)} read ({100.0 * done / Math.Max(totalBytes, 1):F0}%), {Units.Bytes((long)rate)}/s, ETA {eta}, {progress.Component.Name()}");
+            Console.Error.WriteLine($"{verb}: {Units.Bytes(done)} / {Units.Bytes(totalBytes)} read ({100.0 * done / Math.Max(totalBytes, 1):F0}%), {Units.Bytes((long)rate)}/s, ETA {eta}, {progress.Component.Name()}");
         }
         await job;
     }

@@ -21,6 +21,8 @@ public sealed record PlanOptions
     public Func<string, string>? ResolvePath { get; init; }
     /// <summary>Overrides the recipe's output dtype (recorded in the metadata, so a replay rounds the same way).</summary>
     public DType? OutputDType { get; init; }
+    /// <summary>Headers already read, by file identity; a sweep plans many candidates over the same files and reads each header once.</summary>
+    public Dictionary<FileIdentity, (SafetensorsHeader Header, long Length)>? Headers { get; init; }
 }
 
 /// <summary>Turns a recipe and the headers of its inputs into a <see cref="MergePlan"/>, checking everything before any heavy work.</summary>
@@ -173,7 +175,7 @@ public static class Planner
         if (recipe.Tree is not null) used.UnionWith(recipe.Models.Select(m => m.Name));
 
         // A file named by many models (one checkpoint listed 1,000 times) is parsed once: memory follows the headers, not the names.
-        var known = new Dictionary<FileIdentity, (SafetensorsHeader Header, long Length)>();
+        var known = options.Headers ?? new Dictionary<FileIdentity, (SafetensorsHeader Header, long Length)>();
         var inputs = ImmutableArray.CreateBuilder<MergeInput>(recipe.Models.Length);
         for (int i = 0; i < recipe.Models.Length; i++)
         {

@@ -19,18 +19,21 @@ namespace MergeCluster.Engine.Execution;
 /// </remarks>
 public sealed unsafe class InputSet : IDisposable
 {
-    private readonly MergePlan _plan;
+    private readonly IReadOnlyList<MergeInput> _inputs;
     private readonly MemoryMappedFile?[] _maps;
     private readonly MemoryMappedViewAccessor?[] _views;
     private readonly nint[] _bases;
 
-    public InputSet(MergePlan plan)
+    public InputSet(MergePlan plan) : this(plan.Inputs) { }
+
+    /// <summary>Maps the given inputs (those of length 0 stay closed); <see cref="MergeInput.Index"/> is each one's place in the list.</summary>
+    public InputSet(IReadOnlyList<MergeInput> inputs)
     {
-        _plan = plan;
-        _maps = new MemoryMappedFile?[plan.Inputs.Length];
-        _views = new MemoryMappedViewAccessor?[plan.Inputs.Length];
-        _bases = new nint[plan.Inputs.Length];
-        foreach (var input in plan.Inputs)
+        _inputs = inputs;
+        _maps = new MemoryMappedFile?[inputs.Count];
+        _views = new MemoryMappedViewAccessor?[inputs.Count];
+        _bases = new nint[inputs.Count];
+        foreach (var input in inputs)
         {
             if (input.Length == 0) continue;
             try
@@ -65,7 +68,7 @@ public sealed unsafe class InputSet : IDisposable
         byte* p = Address(source, byteOffset, length);
         if (!PageCache.Populate(p, length))
         {
-            var input = _plan.Inputs[source.Input];
+            var input = _inputs[source.Input];
             throw new SafetensorsException(SafetensorsError.Io, input.Path, source.Tensor.Key,
                 $"the file shrank while it was being read (planned at {input.Length} bytes, now {CurrentLength(input.Path)})");
         }
@@ -76,7 +79,7 @@ public sealed unsafe class InputSet : IDisposable
     public void Release(TermSource source, long byteOffset, int length)
     {
         byte* p = Address(source, byteOffset, length);
-        var input = _plan.Inputs[source.Input];
+        var input = _inputs[source.Input];
         byte* basePointer = (byte*)_bases[source.Input];
         // Populating a window maps every page of each page-cache folio it touches, and folios reach 2 MiB (a PMD) on
         // current kernels, so pages before and after the window get mapped too; releasing only the window would leave
@@ -97,7 +100,7 @@ public sealed unsafe class InputSet : IDisposable
 
     private byte* Address(TermSource source, long byteOffset, int length)
     {
-        var input = _plan.Inputs[source.Input];
+        var input = _inputs[source.Input];
         nint basePointer = _bases[source.Input];
         if (basePointer == 0) throw new InvalidOperationException($"input '{input.Name}' is not open");
         long position = input.Header.DataStart + source.Tensor.Begin + byteOffset;

@@ -36,6 +36,7 @@ public sealed unsafe class ShardExecutor
     private readonly double[][] _groups;
     private readonly bool[] _present;
     private readonly ProgramRunner _programs = new();
+    private readonly OutputTarget[] _single = new OutputTarget[1];
 
     /// <summary>Bytes this executor read from models and partials since it was created (for task telemetry).</summary>
     public long BytesRead { get; private set; }
@@ -49,13 +50,21 @@ public sealed unsafe class ShardExecutor
     public Action<PlannedTensor>? NonFinite { get; init; }
 
     public ShardExecutor(MergePlan plan, InputSet inputs, MergeProgress? progress = null, int chunkElements = DefaultChunkElements)
+        : this([plan], inputs, progress, chunkElements) { }
+
+    /// <summary>
+    /// An executor for the tensors of several plans with the same inputs and reduction groups (a sweep's candidates):
+    /// buffers are sized for the widest tensor of any of them, and <see cref="RunTensor"/> takes a tensor of any.
+    /// </summary>
+    public ShardExecutor(IReadOnlyList<MergePlan> plans, InputSet inputs, MergeProgress? progress = null, int chunkElements = DefaultChunkElements)
     {
+        var plan = plans[0];
         _plan = plan;
         _inputs = inputs;
         _progress = progress;
         // Widest tensor in bytes per element over all its sources: one window of each is mapped at a time.
         int rawPerElement = sizeof(double), maxTerms = 1;
-        foreach (var t in plan.Tensors)
+        foreach (var t in plans.SelectMany(p => p.Tensors))
         {
             int sum = 0;
             foreach (var term in t.Terms) sum += term.Tensor.DType.Size();
@@ -77,39 +86,49 @@ public sealed unsafe class ShardExecutor
     {
         foreach (int index in shard.TensorIndices)
         {
-            ct.ThrowIfCancellationRequested();
             var tensor = _plan.Tensors[index];
-            if (tensor.Op == TensorOp.Copy)
-            {
-                Copy(tensor, output, ct);
-                continue;
-            }
-            if (tensor.Op == TensorOp.Method)
-            {
-                RunProgram(tensor, output, ct);
-                continue;
-            }
-            int outSize = tensor.Output.DType.Size();
-            bool finite = true;
-            for (long start = 0; start < tensor.ElementCount; start += _chunk)
-            {
-                int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
-                MapTerms(tensor, -1, start, n);
-                for (int b = 0; b < n; b += _block)
-                {
-                    int m = Math.Min(_block, n - b);
-                    for (int g = 0; g < _plan.GroupCount; g++) _present[g] = SumGroup(tensor, g, b, m);
-                    if (!ReductionTree.Reduce(_present, _groups, _plan.GroupCount, m))
-                        throw new InvalidOperationException($"tensor '{tensor.Output.Key}' has no terms");
-                    MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
-                    finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType);
-                }
-                ReleaseTerms(tensor, -1, start, n);
-                WriteOutput(tensor, start, n, output);
-            }
-            if (!finite) NonFinite!(tensor);
+            _single[0] = new OutputTarget(output, tensor.Output);
+            RunTensor(tensor, _single, ct);
         }
         Writeback.Start(output, shard, _plan);
+    }
+
+    /// <summary>
+    /// One whole tensor, the reduction tree included, its bytes written to every target (a sweep's candidates that
+    /// share it): computed once, whatever the number of targets.
+    /// </summary>
+    public void RunTensor(PlannedTensor tensor, OutputTarget[] targets, CancellationToken ct)
+    {
+        ct.ThrowIfCancellationRequested();
+        if (tensor.Op == TensorOp.Copy)
+        {
+            Copy(tensor, targets, ct);
+            return;
+        }
+        if (tensor.Op == TensorOp.Method)
+        {
+            RunProgram(tensor, targets, ct);
+            return;
+        }
+        int outSize = tensor.Output.DType.Size();
+        bool finite = true;
+        for (long start = 0; start < tensor.ElementCount; start += _chunk)
+        {
+            int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
+            MapTerms(tensor, -1, start, n);
+            for (int b = 0; b < n; b += _block)
+            {
+                int m = Math.Min(_block, n - b);
+                for (int g = 0; g < _plan.GroupCount; g++) _present[g] = SumGroup(tensor, g, b, m);
+                if (!ReductionTree.Reduce(_present, _groups, _plan.GroupCount, m))
+                    throw new InvalidOperationException($"tensor '{tensor.Output.Key}' has no terms");
+                MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
+                finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType);
+            }
+            ReleaseTerms(tensor, -1, start, n);
+            WriteOutput(tensor, start, n, targets);
+        }
+        if (!finite) NonFinite!(tensor);
     }
 
     /// <summary>A leaf of the cluster's tree: the float64 partial sum of one group over the shard, written to <paramref name="partial"/>.</summary>
@@ -169,15 +188,11 @@ public sealed unsafe class ShardExecutor
         {
             ct.ThrowIfCancellationRequested();
             var tensor = _plan.Tensors[index];
-            if (tensor.Op == TensorOp.Copy)
-            {
-                Copy(tensor, output, ct);
-                continue;
-            }
-            if (tensor.Op == TensorOp.Method)
+            _single[0] = new OutputTarget(output, tensor.Output);
+            if (tensor.Op is TensorOp.Copy or TensorOp.Method)
             {
                 // A method tensor needs all of its terms at once, so the final task computes it from the inputs.
-                RunProgram(tensor, output, ct);
+                RunTensor(tensor, _single, ct);
                 continue;
             }
             if (root is null || rootData is null || !root.Has(tensor))
@@ -194,7 +209,7 @@ public sealed unsafe class ShardExecutor
                     MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
                     finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType);
                 }
-                WriteOutput(tensor, start, n, output);
+                WriteOutput(tensor, start, n, _single);
             }
             if (!finite) NonFinite!(tensor);
         }
@@ -204,16 +219,16 @@ public sealed unsafe class ShardExecutor
     /// A non-linear tensor: its program's statistics passes, then the output pass, each streaming the terms' windows
     /// chunk by chunk (progress counts the output pass, so a bar still ends at the plan's input bytes).
     /// </summary>
-    private void RunProgram(PlannedTensor tensor, SafetensorsWriter output, CancellationToken ct)
+    private void RunProgram(PlannedTensor tensor, OutputTarget[] targets, CancellationToken ct)
     {
         var context = new TensorContext(tensor.Output.Key, tensor.Output.Shape, tensor.Terms.Length);
-        var io = new ProgramIo(this, tensor, output);
+        var io = new ProgramIo(this, tensor, targets);
         _programs.Run(tensor.Program!, context, _chunk, io, io, ct);
         if (!io.Finite) NonFinite!(tensor);
     }
 
     /// <summary>The executor's windows as a program's source and its output buffer as the sink.</summary>
-    private sealed class ProgramIo(ShardExecutor executor, PlannedTensor tensor, SafetensorsWriter output) : ITensorSource, ITensorSink
+    private sealed class ProgramIo(ShardExecutor executor, PlannedTensor tensor, OutputTarget[] targets) : ITensorSource, ITensorSink
     {
         private readonly int _outSize = tensor.Output.DType.Size();
 
@@ -247,7 +262,7 @@ public sealed unsafe class ShardExecutor
             long bytes = 0;
             foreach (var term in tensor.Terms) bytes += (long)count * term.Tensor.DType.Size();
             executor._progress?.Add(bytes, 0, tensor.Component);
-            executor.WriteOutput(tensor, start, count, output);
+            executor.WriteOutput(tensor, start, count, targets);
         }
     }
 
@@ -299,18 +314,21 @@ public sealed unsafe class ShardExecutor
         return any;
     }
 
-    /// <summary>Writes the chunk's finished output bytes (elements [start, start+n)) with one positional write.</summary>
-    private void WriteOutput(PlannedTensor tensor, long start, int n, SafetensorsWriter output)
+    /// <summary>Writes the chunk's finished output bytes (elements [start, start+n)) with one positional write per target.</summary>
+    private void WriteOutput(PlannedTensor tensor, long start, int n, OutputTarget[] targets)
     {
         int size = tensor.Output.DType.Size();
         var bytes = _out.AsSpan(0, n * size);
-        output.Write(tensor.Output, start * size, bytes);
-        BytesWritten += bytes.Length;
-        _progress?.Add(0, bytes.Length, tensor.Component);
+        foreach (var target in targets)
+        {
+            target.Writer.Write(target.Tensor, start * size, bytes);
+            BytesWritten += bytes.Length;
+            _progress?.Add(0, bytes.Length, tensor.Component);
+        }
     }
 
     /// <summary>A tensor taken from one source: raw bytes when the dtype is unchanged, else converted with one rounding.</summary>
-    private void Copy(PlannedTensor tensor, SafetensorsWriter output, CancellationToken ct)
+    private void Copy(PlannedTensor tensor, OutputTarget[] targets, CancellationToken ct)
     {
         var term = tensor.Terms[0];
         var from = term.Tensor.DType;
@@ -322,10 +340,10 @@ public sealed unsafe class ShardExecutor
             int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
             var raw = _inputs.Window(term, start * from.Size(), n * from.Size());
             BytesRead += raw.Length;
-            BytesWritten += (long)n * to.Size();
+            BytesWritten += (long)n * to.Size() * targets.Length;
             if (from == to)
             {
-                output.Write(tensor.Output, start * to.Size(), raw);
+                foreach (var target in targets) target.Writer.Write(target.Tensor, start * to.Size(), raw);
                 finite = finite && (NonFinite is null || !to.IsFloat() || DTypeConvert.CountNonFinite(to, raw) == 0);
             }
             else
@@ -338,10 +356,10 @@ public sealed unsafe class ShardExecutor
                     DTypeConvert.FromFloat64(values, to, _out.AsSpan(b * to.Size(), m * to.Size()));
                     finite = finite && Finite(values, to);
                 }
-                output.Write(tensor.Output, start * to.Size(), _out.AsSpan(0, n * to.Size()));
+                foreach (var target in targets) target.Writer.Write(target.Tensor, start * to.Size(), _out.AsSpan(0, n * to.Size()));
             }
             _inputs.Release(term, start * from.Size(), raw.Length);
-            _progress?.Add(raw.Length, (long)n * to.Size(), tensor.Component);
+            _progress?.Add(raw.Length, (long)n * to.Size() * targets.Length, tensor.Component);
         }
         if (!finite) NonFinite!(tensor);
     }
@@ -355,6 +373,9 @@ public sealed unsafe class ShardExecutor
         BytesRead += destination.Length * sizeof(double);
     }
 }
+
+/// <summary>Where a tensor's bytes go: a writer, and the tensor as that writer's layout places it.</summary>
+public readonly record struct OutputTarget(SafetensorsWriter Writer, TensorInfo Tensor);
 
 /// <summary>
 /// Starts the disk writes of a finished shard's output bytes without waiting for them (Linux sync_file_range with

@@ -84,6 +84,19 @@ public sealed class PairwiseStatistics
         }
     }
 
+    /// <summary>Clears every total, so one instance serves tensor after tensor without reallocating its lanes.</summary>
+    public void Reset()
+    {
+        Array.Clear(_normLanes);
+        Array.Clear(_dotLanes);
+        Array.Clear(_distLanes);
+        Array.Clear(_norms);
+        Array.Clear(_dotTotals);
+        Array.Clear(_distTotals);
+        Elements = 0;
+        _complete = false;
+    }
+
     /// <summary>Closes the last partial panel; results can be read from now on.</summary>
     public void Complete()
     {

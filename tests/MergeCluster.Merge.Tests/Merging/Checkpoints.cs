@@ -40,7 +40,8 @@ public static class Checkpoints
             if (t.DType.IsFloat())
             {
                 var values = new double[n];
-                var shared = new Random(t.Key.GetHashCode() & 0x7fffffff ^ 12345);
+                // A stable seed per key: string.GetHashCode changes from process to process, and so would every test's data.
+                var shared = new Random((int)(MergeCluster.Merge.Synthesis.CounterHash.KeyStream(t.Key) & 0x7fffffff) ^ 12345);
                 var own = new Random(seed * 7919 + t.Key.Length);
                 for (long i = 0; i < n; i++) values[i] = shared.NextDouble() * 0.2 - 0.1 + (own.NextDouble() - 0.5) * 0.01;
                 DTypeConvert.FromFloat64(values, t.DType, bytes);

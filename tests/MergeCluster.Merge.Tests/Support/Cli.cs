@@ -38,15 +38,15 @@ public sealed record CliResult(string CommandLine, int ExitCode, string Stdout, 
     /// <summary>Stderr's non-empty lines.</summary>
     public string[] StderrLines => Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 
-    /// <summary>Asserts a failure reported as one `error: ...` line and no stack trace, and returns that line.</summary>
+    /// <summary>A failure as users must see it: non-zero exit, one `error:` line and no stack trace; returns that line.</summary>
     public string SingleErrorLine()
     {
         Assert.NotEqual(0, ExitCode);
         // The first run of ./mergecluster may announce that it is building the CLI.
         var lines = StderrLines.Where(l => !l.StartsWith("mergecluster: building")).ToArray();
-        Assert.True(lines.Length == 1, $"expected one line on stderr, got:\n{Stderr}");
+        Assert.True(lines.Length == 1, $"{CommandLine}: expected one line on stderr, got:\n{Stderr}");
         Assert.StartsWith("error: ", lines[0]);
-        Assert.DoesNotContain("   at ", Stderr);
+        Assert.DoesNotContain("   at ", Stderr + Stdout);
         return lines[0];
     }
 }

@@ -1,0 +1,121 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using MergeCluster.Engine.Execution;
+using MergeCluster.Engine.Selection;
+using MergeCluster.Merge;
+using MergeCluster.Merge.Architecture;
+using MergeCluster.Planning;
+using Spectre.Console;
+
+namespace MergeCluster.Cli.Commands;
+
+/// <summary>`mergecluster distance`: L2 distances and cosine similarities between models, per component and block, in one read.</summary>
+public static class DistanceCommand
+{
+    public static Command Create()
+    {
+        var modelsArg = new Argument<string[]>("MODEL") { Description = "Checkpoints to compare (.safetensors)", Arity = ArgumentArity.OneOrMore };
+        var baseOption = new Option<string?>("--base") { Description = "Reference model: listed first, and the line plots show every model's distance to it" };
+        var componentOption = new Option<string?>("--component") { Description = "Components to compare, comma-separated: unet, te0, te1, vae (te for SD1's text encoder); default all" };
+        var blocks = new Option<bool>("--blocks") { Description = "Also per UNET block in supermerger naming (BASE, IN00 ..., M00, OUT00 ...)" };
+        var output = new Option<DirectoryInfo?>("--output", "-o") { Description = "Directory for distances.json, a CSV per component and the PNG plots" };
+        var json = new Option<bool>("--json") { Description = "Print the distances.json object on stdout" };
+        var threads = new Option<int>("--threads", "-j") { Description = "Worker threads", DefaultValueFactory = _ => Environment.ProcessorCount };
+
+        var command = new Command("distance", "L2 distance and cosine similarity between every pair of models, per component (and UNET block), in one streaming pass")
+        {
+            modelsArg, baseOption, componentOption, blocks, output, json, threads,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            var components = ParseComponents(parse.GetValue(componentOption));
+            var plan = DistancePlan.Create(parse.GetValue(modelsArg)!, parse.GetValue(baseOption), components, parse.GetValue(blocks));
+            string? dir = parse.GetValue(output)?.FullName;
+            if (dir is not null) Directory.CreateDirectory(dir);
+
+            var progress = new MergeProgress();
+            var clock = Stopwatch.StartNew();
+            DistanceStatistics? stats = null;
+            var job = new DistanceJob(plan);
+            await ProgressDisplay.RunAsync(progress, plan.InputBytes, async () => stats = await job.RunAsync(Math.Max(1, parse.GetValue(threads)), progress, ct), ct, "distance");
+            double seconds = clock.Elapsed.TotalSeconds;
+            var report = DistanceReport.Create(plan, stats!);
+
+            var written = new List<string>();
+            if (dir is not null)
+            {
+                written.Add(WriteText(Path.Combine(dir, "distances.json"), report.ToJson()));
+                foreach (var c in report.Components) written.Add(WriteText(Path.Combine(dir, $"{c.Name}.csv"), report.ToCsv(c)));
+                foreach (var b in report.Blocks) written.Add(WriteText(Path.Combine(dir, $"block-{b.Name}.csv"), report.ToCsv(b)));
+                written.AddRange(DistancePlots.Write(report, dir));
+            }
+            if (parse.GetValue(json))
+            {
+                Console.WriteLine(report.ToJson());
+                return 0;
+            }
+            PrintSummary(report, plan, progress.InputBytes, seconds, written);
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary>`unet,te0`; `te` names SD1's text encoder (te0).</summary>
+    private static IReadOnlyList<Component>? ParseComponents(string? text)
+    {
+        if (string.IsNullOrWhiteSpace(text)) return null;
+        var list = new List<Component>();
+        foreach (string part in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+            list.Add(part == "te" ? Component.Te0 : Components.Parse(part));
+        return list;
+    }
+
+    private static string WriteText(string path, string text)
+    {
+        // Written whole to a temporary name and renamed, so a reader never sees half a report.
+        string temp = Path.Combine(Path.GetDirectoryName(path)!, $".{Path.GetFileName(path)}.{Guid.NewGuid():N}.tmp");
+        File.WriteAllText(temp, text);
+        File.Move(temp, path, overwrite: true);
+        return path;
+    }
+
+    private static void PrintSummary(DistanceReport report, DistancePlan plan, long bytes, double seconds, IReadOnlyList<string> written)
+    {
+        string reference = report.Base ?? report.Models[0];
+        Console.WriteLine($"distance: {report.Models.Count} models ({report.Architecture}{(report.Base is null ? "" : $", base {report.Base}")}), read {Units.Bytes(bytes)} in {seconds:F1} s ({Units.Bytes((long)(bytes / Math.Max(seconds, 1e-9)))}/s)");
+        var console = HumanConsole.Create();
+        foreach (var c in report.Components)
+        {
+            if (c.Keys == 0)
+            {
+                Console.WriteLine($"{c.Name}: no model holds it");
+                continue;
+            }
+            var far = DistancePlots.FarAway(c);
+            var table = new Table().Border(HumanConsole.Border).Title(Markup.Escape($"{c.Name} ({c.Keys} keys)"))
+                .AddColumns("model", $"L2 to {Markup.Escape(reference)}", "cosine", "nearest", "notes");
+            for (int i = 0; i < report.Models.Count; i++)
+            {
+                int nearest = Enumerable.Range(0, report.Models.Count).Where(j => j != i && double.IsFinite(c.L2[i, j])).DefaultIfEmpty(-1).MinBy(j => j < 0 ? 0 : c.L2[i, j]);
+                var notes = new List<string>();
+                if (far[i]) notes.Add("far from the rest");
+                if (report.Absent[c.Name].Contains(report.Models[i])) notes.Add("lacks it");
+                if (report.NonFinite[c.Name].TryGetValue(report.Models[i], out long bad)) notes.Add($"{bad} NaN/Inf values");
+                int oneSided = Row(c.OneSided, i).Max(), mismatched = Row(c.ShapeMismatches, i).Max();
+                if (oneSided > 0) notes.Add($"up to {oneSided} keys one-sided");
+                if (mismatched > 0) notes.Add($"up to {mismatched} shape mismatches");
+                table.AddRow(Markup.Escape(report.Models[i]), Format(c.L2[0, i]), Format(c.Cosine[0, i], "F6"),
+                    nearest < 0 ? "-" : Markup.Escape($"{report.Models[nearest]} ({Format(c.L2[i, nearest])})"), Markup.Escape(string.Join("; ", notes)));
+            }
+            console.Write(table);
+        }
+        var identical = report.IdenticalLines().ToList();
+        Console.WriteLine(identical.Count == 0 ? "identical: none" : "identical: " + string.Join("; ", identical));
+        foreach (var f in written) Console.WriteLine($"wrote {f}");
+    }
+
+    private static IEnumerable<int> Row(int[,] m, int i) => Enumerable.Range(0, m.GetLength(1)).Select(j => m[i, j]);
+
+    private static string Format(double x, string format = "G6") => double.IsFinite(x) ? x.ToString(format, CultureInfo.InvariantCulture) : "-";
+}
