@@ -180,6 +180,35 @@ public static partial class OutputTemp
         }
     }
 
+    /// <summary>
+    /// Writes a whole small file (a report, a plot, a recipe) the way a merge writes its output: into a temporary file
+    /// from <see cref="Create"/> (exclusive, random name, locked), fsynced, renamed over <paramref name="target"/> (a link
+    /// there is replaced, never followed). A failure removes the temporary file and leaves the target as it was.
+    /// </summary>
+    public static void WriteWhole(string target, ReadOnlySpan<byte> content)
+    {
+        string full = Path.GetFullPath(target);
+        var (temp, handle) = Create(full);
+        bool renamed = false;
+        try
+        {
+            RandomAccess.Write(handle, content, 0);
+            RandomAccess.FlushToDisk(handle);
+            RegularFile.Rename(temp, full);
+            renamed = true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new SafetensorsException(SafetensorsError.Io, full, null, $"cannot write: {e.Message}", e);
+        }
+        finally
+        {
+            if (!renamed) RegularFile.DeleteIfOwned(temp, RegularFile.Identity(handle));
+            handle.Dispose();
+        }
+        FileDurability.SyncDirectory(Path.GetDirectoryName(full)!);
+    }
+
     /// <summary>".{start of the output's name}.mc-{random}.tmp", or ".mc-job{id}-{random}" for a cluster job.</summary>
     public static string Name(string target, long? job, string random)
     {
