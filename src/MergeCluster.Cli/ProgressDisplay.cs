@@ -9,7 +9,11 @@ namespace MergeCluster.Cli;
 public static class ProgressDisplay
 {
     /// <param name="verb">What the work is called on the bar and in the plain lines: merge, distance, sweep.</param>
-    public static async Task RunAsync(MergeProgress progress, long totalBytes, Func<Task> work, CancellationToken ct, string verb = "merge")
+    public static Task RunAsync(MergeProgress progress, long totalBytes, Func<Task> work, CancellationToken ct, string verb = "merge") =>
+        RunAsync(progress, () => totalBytes, work, ct, verb);
+
+    /// <param name="totalBytes">The bytes the work reads, asked once merging has started (work that plans first knows it only then).</param>
+    public static async Task RunAsync(MergeProgress progress, Func<long> totalBytes, Func<Task> work, CancellationToken ct, string verb = "merge")
     {
         if (!Console.IsErrorRedirected && AnsiConsole.Profile.Capabilities.Interactive)
         {
@@ -19,7 +23,7 @@ public static class ProgressDisplay
                 .StartAsync(async ctx =>
                 {
                     ProgressTask? hashing = null;
-                    var task = ctx.AddTask(verb, autoStart: false, maxValue: Math.Max(totalBytes, 1));
+                    var task = ctx.AddTask(verb, autoStart: false, maxValue: 1);
                     var running = Task.Run(work);
                     while (!running.IsCompleted)
                     {
@@ -31,9 +35,13 @@ public static class ProgressDisplay
                             hashing.Value = Math.Min(done, hashing.MaxValue);
                         }
                         if (progress.Stage != MergeStage.Merging) continue;
-                        if (!task.IsStarted) task.StartTask();
+                        if (!task.IsStarted)
+                        {
+                            task.MaxValue = Math.Max(totalBytes(), 1);
+                            task.StartTask();
+                        }
                         task.Description = $"{verb} {progress.Component.Name()}";
-                        task.Value = Math.Min(progress.InputBytes, totalBytes);
+                        task.Value = Math.Min(progress.InputBytes, task.MaxValue);
                     }
                     await running;
                     task.Value = task.MaxValue;
@@ -70,10 +78,10 @@ public static class ProgressDisplay
                 Console.Error.WriteLine($"{verb}: hashed {Units.Bytes(hashed)} / {Units.Bytes(total)} ({100.0 * hashed / Math.Max(total, 1):F0}%)");
                 continue;
             }
-            long done = progress.InputBytes;
+            long done = progress.InputBytes, all = totalBytes();
             double rate = done / Math.Max(clock.Elapsed.TotalSeconds, 1e-9);
-            string eta = rate > 0 ? TimeSpan.FromSeconds((totalBytes - done) / rate).ToString(@"h\:mm\:ss") : "?";
-            Console.Error.WriteLine($"{verb}: {Units.Bytes(done)} / {Units.Bytes(totalBytes)} read ({100.0 * done / Math.Max(totalBytes, 1):F0}%), {Units.Bytes((long)rate)}/s, ETA {eta}, {progress.Component.Name()}");
+            string eta = rate > 0 ? TimeSpan.FromSeconds((all - done) / rate).ToString(@"h\:mm\:ss") : "?";
+            Console.Error.WriteLine($"{verb}: {Units.Bytes(done)} / {Units.Bytes(all)} read ({100.0 * done / Math.Max(all, 1):F0}%), {Units.Bytes((long)rate)}/s, ETA {eta}, {progress.Component.Name()}");
         }
         await job;
     }

@@ -65,4 +65,20 @@ public class TerminalEscapeTests : IDisposable
         AssertNoControls(plan.Stdout);
         Assert.Contains(@"\x1b[31ma", plan.Stdout);
     }
+
+    [Fact]
+    public void Sweep_and_distance_show_model_names_escaped()
+    {
+        string hostile = _dir.File("\u001b[31mred.safetensors");
+        Checkpoints.Write(hostile, 1, DType.F16);
+        Checkpoints.Write(_dir.File("b.safetensors"), 2, DType.F16);
+        var distance = Support.Cli.Run(["distance", hostile, _dir.File("b.safetensors"), "--component", "te0", "--threads", "1"], _dir.Path).EnsureSuccess();
+        AssertNoControls(distance.Stdout);
+        Assert.Contains(@"\x1b[31mred", distance.Stdout);
+
+        File.WriteAllText(_dir.File("recipe.yaml"), "models:\n  \"\\e[31ma\": \"\\e[31mred.safetensors\"\n  b: b.safetensors\ncomponents:\n  all: { method: mean, models: [\"\\e[31ma\", b] }\noutput: { path: out.safetensors }\n");
+        var sweep = Support.Cli.Run(["sweep", _dir.File("recipe.yaml"), "--leave-one-out", "te0", "--no-hash", "--threads", "1"], _dir.Path).EnsureSuccess();
+        AssertNoControls(sweep.Stdout);
+        Assert.Contains(@"without \x1b[31ma", sweep.Stdout);
+    }
 }
