@@ -130,6 +130,8 @@ public static class MechaFormat
         {
             if (positional.Count != 1 || positional[0].Value is not Constant { Value: string path })
                 throw Error(positional.FirstOrDefault().Token ?? "model", "model takes one quoted path");
+            // As in a YAML recipe: no file name holds a NUL, and the C calls that open files would cut the path there.
+            if (path.Contains('\0')) throw Error(path.Replace("\0", "\\0"), "model path contains a NUL character");
             ModelArchitecture? config = null;
             var space = MergeSpace.Weight;
             foreach (var (name, token, value) in named)
