@@ -5,8 +5,11 @@ using MergeCluster.Benchmarks;
 // kernels [BenchmarkDotNet args]: micro-benchmarks of the dtype conversion kernels.
 // merge FILE... [--threads N] [--dtype D]: N-way mean of the files vs cat of the same inputs, and peak RSS.
 // methods BASE FILE... [--threads N] [--only m,...]: each merge method's time, passes over the input and peak RSS.
+// plan [DIR [TENSORS [NAMES]]]: planning time and memory for a 1,000,000-tensor header and 1,000 names for one file.
 switch (args.FirstOrDefault())
 {
+    case "plan":
+        return PlanScale.Run(args[1..]);
     case "methods":
         return await MethodsBenchmark.RunAsync(args[1..]);
     case "method-run":
@@ -26,6 +29,6 @@ switch (args.FirstOrDefault())
         BenchmarkRunner.Run<KernelBenchmarks>(args: args[1..]);
         return 0;
     default:
-        Console.Error.WriteLine("usage: MergeCluster.Benchmarks read FILE [--threads N] | kernels [BenchmarkDotNet options] | merge FILE... [--threads N] [--dtype f16|bf16|f32] | methods BASE FILE... [--threads N] [--only m,...]");
+        Console.Error.WriteLine("usage: MergeCluster.Benchmarks read FILE [--threads N] | kernels [BenchmarkDotNet options] | merge FILE... [--threads N] [--dtype f16|bf16|f32] | methods BASE FILE... [--threads N] [--only m,...] | plan [DIR [TENSORS [NAMES]]]");
         return 2;
 }

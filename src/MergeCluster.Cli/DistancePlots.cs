@@ -1,4 +1,5 @@
 using MergeCluster.Engine.Selection;
+using MergeCluster.Safetensors;
 using ScottPlot;
 
 namespace MergeCluster.Cli;
@@ -26,7 +27,8 @@ public static class DistancePlots
 
     private static string Save(Plot plot, string path, int width, int height)
     {
-        plot.SavePng(path, width, height);
+        // Not SavePng, which writes through whatever the path names (a planted symlink included) and can leave half a file.
+        OutputTemp.WriteWhole(path, plot.GetImageBytes(width, height, ImageFormat.Png));
         return path;
     }
 

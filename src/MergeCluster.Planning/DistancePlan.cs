@@ -85,26 +85,30 @@ public sealed class DistancePlan
     {
         var ordered = new List<string>();
         if (basePath is not null) ordered.Add(Path.GetFullPath(basePath));
-        foreach (string p in paths)
-        {
-            string full = Path.GetFullPath(p);
-            if (basePath is not null && full == ordered[0]) continue; // the base named among the models too
-            ordered.Add(full);
-        }
-        if (ordered.Count < 2) throw new MergeException("distance needs at least two models (or one model and --base)");
+        foreach (string p in paths) ordered.Add(Path.GetFullPath(p));
 
         var models = ImmutableArray.CreateBuilder<MergeInput>(ordered.Count);
         var names = new Dictionary<string, string>(StringComparer.Ordinal);
-        foreach (string path in ordered)
+        var seen = new Dictionary<FileIdentity, string>();
+        for (int i = 0; i < ordered.Count; i++)
         {
+            string path = ordered[i];
+            using var handle = SafetensorsFile.OpenChecked(path);
+            var identity = RegularFile.Identity(handle);
+            if (seen.TryGetValue(identity, out string? same))
+            {
+                if (basePath is not null && i > 0 && same == ordered[0]) continue; // the base named among the models too
+                throw new MergeException(same == path ? $"{path}: given twice" : $"{path}: the same file as {same}");
+            }
+            seen[identity] = path;
             string name = NameOf(path);
             if (names.TryGetValue(name, out string? other))
-                throw new MergeException(other == path ? $"{path}: given twice" : $"{path}: model name '{name}' is also that of {other}; rename one of them");
+                throw new MergeException($"{path}: model name '{name}' is also that of {other}; rename one of them");
             names[name] = path;
-            if (!File.Exists(path)) throw new SafetensorsException(SafetensorsError.NotFound, path, null, "file not found");
-            var header = SafetensorsFile.ReadHeader(path, out long length);
-            models.Add(new MergeInput(models.Count, name, path, header, length));
+            var header = SafetensorsFile.ReadHeader(handle, path, out long length);
+            models.Add(new MergeInput(models.Count, name, path, header, length, identity));
         }
+        if (models.Count < 2) throw new MergeException("distance needs at least two models (or one model and --base)");
         var inputs = models.MoveToImmutable();
         var architecture = DetectCommon(inputs);
 

@@ -6,7 +6,6 @@ namespace MergeCluster.Planning;
 public static class MergeMetadata
 {
     public const string Recipe = "mergecluster.recipe";
-    public const string RecipeDirectory = "mergecluster.recipe_dir";
     public const string Inputs = "mergecluster.inputs";
     public const string Tool = "mergecluster.tool";
     /// <summary>The output dtype when the command line chose it (`merge --dtype`), not the recipe.</summary>
@@ -20,6 +19,16 @@ public static class MergeMetadata
         return JsonSerializer.Serialize(sorted);
     }
 
-    public static IReadOnlyDictionary<string, string> ParseInputs(string json) =>
-        JsonSerializer.Deserialize<Dictionary<string, string>>(json) ?? [];
+    /// <summary>The recorded hashes; anything but a JSON object of strings is an error naming <paramref name="file"/>.</summary>
+    public static IReadOnlyDictionary<string, string> ParseInputs(string json, string file)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize<Dictionary<string, string>>(json) ?? throw new JsonException("null");
+        }
+        catch (JsonException e)
+        {
+            throw new Merge.MergeException($"{file}: metadata '{Inputs}' is not a JSON object of model names to hashes ({e.Message.Split('\n')[0]})", e);
+        }
+    }
 }

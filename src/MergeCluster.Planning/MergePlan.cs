@@ -6,8 +6,11 @@ using MergeCluster.Safetensors;
 
 namespace MergeCluster.Planning;
 
-/// <summary>An input checkpoint as the plan sees it: its validated header, never its data.</summary>
-public sealed record MergeInput(int Index, string Name, string Path, SafetensorsHeader Header, long Length);
+/// <summary>
+/// An input checkpoint as the plan sees it: its validated header, never its data, and which file it is (inputs that
+/// name one file share one header). An unused model has length 0 and no identity.
+/// </summary>
+public sealed record MergeInput(int Index, string Name, string Path, SafetensorsHeader Header, long Length, FileIdentity Identity);
 
 /// <summary>How an output tensor is produced.</summary>
 public enum TensorOp

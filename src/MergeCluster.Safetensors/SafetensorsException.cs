@@ -23,6 +23,7 @@ public enum SafetensorsError
     PickleRefused,
     NotFound,
     DTypeMismatch,
+    NotRegularFile,
 }
 
 /// <summary>A typed error about one file and, where there is one, one tensor key; its message is one line.</summary>

@@ -27,14 +27,15 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <summary>Opens and validates a file; pickle checkpoints are refused before a byte of them is interpreted.</summary>
     public static SafetensorsFile Open(string path)
     {
-        var header = ReadHeader(path, out long length);
+        using var handle = OpenChecked(path);
+        var header = ReadHeader(handle, path, out long length);
         if (header.DataLength == 0)
             return new SafetensorsFile(path, length, header, null, null, null);
         MemoryMappedFile? map = null;
         MemoryMappedViewAccessor? view = null;
         try
         {
-            map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            map = MemoryMappedFile.CreateFromFile(handle, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: true);
             view = map.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
             byte* p = null;
             view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
@@ -51,10 +52,43 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <summary>Reads and validates only the header, without mapping the data.</summary>
     public static SafetensorsHeader ReadHeader(string path, out long length)
     {
+        using var handle = OpenChecked(path);
+        return ReadHeader(handle, path, out length);
+    }
+
+    /// <summary>
+    /// Opens a checkpoint for reading: a regular file only (a FIFO or device is refused without blocking), and never a
+    /// pickle, refused by extension before it is opened and by its magic bytes after.
+    /// </summary>
+    public static Microsoft.Win32.SafeHandles.SafeFileHandle OpenChecked(string path)
+    {
+        CheckPickleExtension(path);
+        var handle = RegularFile.OpenRead(path);
         try
         {
-            CheckNotPickle(path);
-            using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+            Span<byte> magic = stackalloc byte[4];
+            int got = RandomAccess.Read(handle, magic, 0);
+            // Pickle protocol 2+ starts with 0x80 then the protocol; torch's zip format starts with "PK\x03\x04".
+            bool pickle = got >= 2 && magic[0] == 0x80 && magic[1] is >= 2 and <= 5;
+            bool zip = got >= 4 && magic[0] == (byte)'P' && magic[1] == (byte)'K' && magic[2] == 3 && magic[3] == 4;
+            if (pickle || zip)
+                throw new SafetensorsException(SafetensorsError.PickleRefused, path, null,
+                    "file is a pickle/torch checkpoint, not safetensors; it is refused and never unpickled");
+            return handle;
+        }
+        catch (Exception e)
+        {
+            handle.Dispose();
+            if (e is IOException or UnauthorizedAccessException) throw new SafetensorsException(SafetensorsError.Io, path, null, e.Message, e);
+            throw;
+        }
+    }
+
+    /// <summary>Reads and validates the header from an open checkpoint.</summary>
+    public static SafetensorsHeader ReadHeader(Microsoft.Win32.SafeHandles.SafeFileHandle handle, string path, out long length)
+    {
+        try
+        {
             length = RandomAccess.GetLength(handle);
             Span<byte> prefix = stackalloc byte[8];
             int got = RandomAccess.Read(handle, prefix, 0);
@@ -66,28 +100,20 @@ public sealed unsafe class SafetensorsFile : IDisposable
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            throw new SafetensorsException(e is FileNotFoundException or DirectoryNotFoundException ? SafetensorsError.NotFound : SafetensorsError.Io,
-                path, null, e is FileNotFoundException or DirectoryNotFoundException ? "file not found" : e.Message, e);
+            throw new SafetensorsException(SafetensorsError.Io, path, null, e.Message, e);
         }
     }
 
-    /// <summary>Refuses pickle-based checkpoints by extension and by magic bytes; they can run code when loaded.</summary>
-    public static void CheckNotPickle(string path)
+    /// <summary>Extensions of pickle-based checkpoints, which can run code when loaded: never read, never written.</summary>
+    public static bool IsPickleExtension(string path) =>
+        System.IO.Path.GetExtension(path).ToLowerInvariant() is ".ckpt" or ".pt" or ".pth" or ".bin" or ".pkl" or ".pickle";
+
+    /// <summary>Refuses pickle-based checkpoints by extension; they can run code when loaded.</summary>
+    public static void CheckPickleExtension(string path)
     {
-        string ext = System.IO.Path.GetExtension(path).ToLowerInvariant();
-        if (ext is ".ckpt" or ".pt" or ".pth" or ".bin" or ".pkl" or ".pickle")
+        if (IsPickleExtension(path))
             throw new SafetensorsException(SafetensorsError.PickleRefused, path, null,
-                $"'{ext}' is a pickle checkpoint, which can execute code when loaded; it is refused. Convert it to .safetensors in a sandbox first");
-        if (!File.Exists(path)) return;
-        Span<byte> magic = stackalloc byte[4];
-        using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
-        int got = RandomAccess.Read(handle, magic, 0);
-        // Pickle protocol 2+ starts with 0x80 then the protocol; torch's zip format starts with "PK\x03\x04".
-        bool pickle = got >= 2 && magic[0] == 0x80 && magic[1] is >= 2 and <= 5;
-        bool zip = got >= 4 && magic[0] == (byte)'P' && magic[1] == (byte)'K' && magic[2] == 3 && magic[3] == 4;
-        if (pickle || zip)
-            throw new SafetensorsException(SafetensorsError.PickleRefused, path, null,
-                "file is a pickle/torch checkpoint, not safetensors; it is refused and never unpickled");
+                $"'{System.IO.Path.GetExtension(path).ToLowerInvariant()}' is a pickle checkpoint, which can execute code when loaded; it is refused. Convert it to .safetensors in a sandbox first");
     }
 
     public TensorInfo Get(string key) =>

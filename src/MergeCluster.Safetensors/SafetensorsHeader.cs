@@ -63,6 +63,7 @@ public sealed class SafetensorsHeader
         var seen = new HashSet<string>(StringComparer.Ordinal);
         var metadata = ImmutableSortedDictionary.CreateBuilder<string, string>(StringComparer.Ordinal);
         var reader = new Utf8JsonReader(json, new JsonReaderOptions { CommentHandling = JsonCommentHandling.Disallow, MaxDepth = 8 });
+        var integers = new List<long>(8); // one scratch list for every shape and offset pair: a million tensors, not a million lists
         string? key = null; // the entry being read, so a JSON error inside it names it
         try
         {
@@ -77,7 +78,7 @@ public sealed class SafetensorsHeader
                 if (key == "__metadata__")
                     ReadMetadata(ref reader, metadata, file);
                 else
-                    entries.Add(ReadTensor(ref reader, key, file));
+                    entries.Add(ReadTensor(ref reader, key, file, integers));
                 key = null;
             }
             // Trailing whitespace pads the header to 8 bytes; anything else after the object is an error.
@@ -125,12 +126,12 @@ public sealed class SafetensorsHeader
         }
     }
 
-    private static TensorInfo ReadTensor(ref Utf8JsonReader reader, string key, string file)
+    private static TensorInfo ReadTensor(ref Utf8JsonReader reader, string key, string file, List<long> integers)
     {
         Expect(ref reader, JsonTokenType.StartObject, file, key);
         DType? dtype = null;
-        List<long>? shape = null;
-        long[]? offsets = null;
+        ImmutableArray<long>? shape = null;
+        (long Begin, long End)? offsets = null;
         while (true)
         {
             Read(ref reader, file, key);
@@ -146,13 +147,14 @@ public sealed class SafetensorsHeader
                     dtype = dt;
                     break;
                 case "shape":
-                    shape = ReadIntegers(ref reader, file, key, "shape", SafetensorsError.InvalidShape);
+                    ReadIntegers(ref reader, file, key, "shape", SafetensorsError.InvalidShape, integers);
+                    shape = ImmutableArray.Create(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(integers));
                     break;
                 case "data_offsets":
-                    var o = ReadIntegers(ref reader, file, key, "data_offsets", SafetensorsError.InvalidOffsets);
-                    if (o.Count != 2)
+                    ReadIntegers(ref reader, file, key, "data_offsets", SafetensorsError.InvalidOffsets, integers);
+                    if (integers.Count != 2)
                         throw new SafetensorsException(SafetensorsError.InvalidOffsets, file, key, "data_offsets must hold exactly two integers");
-                    offsets = [o[0], o[1]];
+                    offsets = (integers[0], integers[1]);
                     break;
                 default:
                     reader.Skip();
@@ -161,30 +163,32 @@ public sealed class SafetensorsHeader
         }
         if (dtype is null || shape is null || offsets is null)
             throw new SafetensorsException(SafetensorsError.InvalidHeaderJson, file, key, "entry lacks dtype, shape or data_offsets");
-        if (offsets[1] < offsets[0])
-            throw new SafetensorsException(SafetensorsError.InvalidOffsets, file, key, $"data_offsets [{offsets[0]}, {offsets[1]}] end before they begin");
-        long? count = TensorInfo.CountElements(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(shape));
+        var (begin, end) = offsets.Value;
+        if (end < begin)
+            throw new SafetensorsException(SafetensorsError.InvalidOffsets, file, key, $"data_offsets [{begin}, {end}] end before they begin");
+        long? count = TensorInfo.CountElements(shape.Value.AsSpan());
         long bytes;
         try { bytes = count is null ? -1 : checked(count.Value * dtype.Value.Size()); }
         catch (OverflowException) { bytes = -1; }
         if (bytes < 0)
             throw new SafetensorsException(SafetensorsError.SizeOverflow, file, key, "shape size overflows 64 bits");
-        if (bytes != offsets[1] - offsets[0])
+        if (bytes != end - begin)
             throw new SafetensorsException(SafetensorsError.SizeMismatch, file, key,
-                $"shape [{string.Join(", ", shape)}] of {dtype.Value.Name()} needs {bytes} bytes but data_offsets span {offsets[1] - offsets[0]}");
-        return new TensorInfo(key, dtype.Value, shape.ToImmutableArray(), offsets[0], offsets[1]);
+                $"shape [{string.Join(", ", shape.Value)}] of {dtype.Value.Name()} needs {bytes} bytes but data_offsets span {end - begin}");
+        return new TensorInfo(key, dtype.Value, shape.Value, begin, end);
     }
 
-    private static List<long> ReadIntegers(ref Utf8JsonReader reader, string file, string key, string field, SafetensorsError error)
+    /// <summary>Reads an array of non-negative 64-bit integers into <paramref name="values"/> (cleared first).</summary>
+    private static void ReadIntegers(ref Utf8JsonReader reader, string file, string key, string field, SafetensorsError error, List<long> values)
     {
         Read(ref reader, file, key);
         if (reader.TokenType != JsonTokenType.StartArray)
             throw new SafetensorsException(error, file, key, $"{field} is not an array");
-        var values = new List<long>(4);
+        values.Clear();
         while (true)
         {
             Read(ref reader, file, key);
-            if (reader.TokenType == JsonTokenType.EndArray) return values;
+            if (reader.TokenType == JsonTokenType.EndArray) return;
             if (reader.TokenType != JsonTokenType.Number || !reader.TryGetUInt64(out ulong v) || v > long.MaxValue)
                 throw new SafetensorsException(error, file, key, $"{field} holds a value that is not a non-negative 64-bit integer");
             if (values.Count >= 64)

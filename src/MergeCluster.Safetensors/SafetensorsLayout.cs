@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json;
@@ -10,14 +11,12 @@ namespace MergeCluster.Safetensors;
 /// </summary>
 public sealed class SafetensorsLayout
 {
-    private readonly Dictionary<string, int> _index;
+    private Dictionary<string, int>? _index;
 
     private SafetensorsLayout(byte[] headerBytes, IReadOnlyList<TensorInfo> tensors)
     {
         HeaderBytes = headerBytes;
         Tensors = tensors;
-        _index = new Dictionary<string, int>(tensors.Count, StringComparer.Ordinal);
-        for (int i = 0; i < tensors.Count; i++) _index[tensors[i].Key] = i;
         DataStart = headerBytes.Length;
         TotalLength = DataStart + (tensors.Count == 0 ? 0 : tensors[^1].End);
     }
@@ -29,12 +28,24 @@ public sealed class SafetensorsLayout
     public long DataStart { get; }
     public long TotalLength { get; }
 
-    public TensorInfo this[string key] => Tensors[_index[key]];
+    public TensorInfo this[string key] => Tensors[Index[key]];
     public bool TryGet(string key, out TensorInfo info)
     {
-        if (_index.TryGetValue(key, out int i)) { info = Tensors[i]; return true; }
+        if (Index.TryGetValue(key, out int i)) { info = Tensors[i]; return true; }
         info = null!;
         return false;
+    }
+
+    /// <summary>Lookup by key, built on first use: a merge's plan addresses tensors by position, never by key.</summary>
+    private Dictionary<string, int> Index
+    {
+        get
+        {
+            if (_index is { } index) return index;
+            index = new Dictionary<string, int>(Tensors.Count, StringComparer.Ordinal);
+            for (int i = 0; i < Tensors.Count; i++) index[Tensors[i].Key] = i;
+            return _index = index;
+        }
     }
 
     /// <summary>Absolute offset in the file of a tensor's first byte.</summary>
@@ -43,19 +54,39 @@ public sealed class SafetensorsLayout
     /// <summary>Lays tensors out in the order given, contiguously, with the metadata first in the JSON.</summary>
     public static SafetensorsLayout Create(IReadOnlyList<TensorSpec> specs, IReadOnlyDictionary<string, string>? metadata)
     {
-        var tensors = new List<TensorInfo>(specs.Count);
-        var keys = new HashSet<string>(StringComparer.Ordinal);
+        var tensors = new TensorInfo[specs.Count];
         long offset = 0;
-        foreach (var s in specs)
+        for (int i = 0; i < specs.Count; i++)
         {
-            if (s.Key == "__metadata__" || !keys.Add(s.Key))
-                throw new ArgumentException($"duplicate or reserved tensor key '{s.Key}'");
+            var s = specs[i];
             long end = checked(offset + s.ByteLength);
-            tensors.Add(new TensorInfo(s.Key, s.DType, s.Shape, offset, end));
+            tensors[i] = new TensorInfo(s.Key, s.DType, s.Shape, offset, end);
             offset = end;
         }
+        return FromTensors(tensors, metadata);
+    }
 
-        using var json = new MemoryStream();
+    /// <summary>
+    /// The layout of tensors already placed (contiguous from offset 0, in this order), used as they are: a plan of a
+    /// million tensors gets its header without a second copy of every tensor's entry.
+    /// </summary>
+    public static SafetensorsLayout FromTensors(IReadOnlyList<TensorInfo> tensors, IReadOnlyDictionary<string, string>? metadata)
+    {
+        var keys = new HashSet<string>(tensors.Count, StringComparer.Ordinal);
+        long expected = 0, estimate = 64;
+        foreach (var t in tensors)
+        {
+            if (t.Key == "__metadata__" || !keys.Add(t.Key))
+                throw new ArgumentException($"duplicate or reserved tensor key '{t.Key}'");
+            if (t.Begin != expected || t.End < t.Begin) throw new ArgumentException($"tensor '{t.Key}' is not placed right after the previous one");
+            expected = t.End;
+            // Enough for the entry unless the key needs escaping, in which case the buffer grows.
+            estimate += 3L * t.Key.Length + 64 + 21L * t.Shape.Length;
+        }
+        if (metadata is not null)
+            foreach (var (k, v) in metadata) estimate += 3L * (k.Length + v.Length) + 8;
+
+        var json = new ArrayBufferWriter<byte>((int)Math.Min(estimate, Array.MaxLength));
         using (var w = new Utf8JsonWriter(json, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             w.WriteStartObject();
@@ -81,11 +112,11 @@ public sealed class SafetensorsLayout
             }
             w.WriteEndObject();
         }
-        int jsonLength = (int)json.Length;
+        int jsonLength = json.WrittenCount;
         int padded = (jsonLength + 7) & ~7;
         var header = new byte[8 + padded];
         BinaryPrimitives.WriteUInt64LittleEndian(header, (ulong)padded);
-        json.GetBuffer().AsSpan(0, jsonLength).CopyTo(header.AsSpan(8));
+        json.WrittenSpan.CopyTo(header.AsSpan(8));
         header.AsSpan(8 + jsonLength).Fill((byte)' ');
         return new SafetensorsLayout(header, tensors);
     }

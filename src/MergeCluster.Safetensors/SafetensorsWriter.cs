@@ -1,57 +1,73 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.RegularExpressions;
 using Microsoft.Win32.SafeHandles;
 
 namespace MergeCluster.Safetensors;
 
 /// <summary>
 /// Writes a planned file: the header goes first, tensor bytes land in their ranges in any order and from any thread,
-/// and <see cref="Commit"/> fsyncs and renames. Until then the target path is never touched.
+/// and <see cref="Commit"/> fsyncs and renames. Until then the target path is never touched, and the file written is
+/// always one this writer created (see <see cref="OutputTemp"/>), never one a symlink leads to.
 /// </summary>
 public sealed class SafetensorsWriter : IDisposable
 {
     private SafeFileHandle? _handle;
     private bool _committed;
+    private readonly bool _owner;
 
-    private SafetensorsWriter(string targetPath, string tempPath, SafetensorsLayout layout, SafeFileHandle handle)
+    private SafetensorsWriter(string targetPath, string tempPath, FileIdentity identity, SafetensorsLayout layout, SafeFileHandle handle, bool owner)
     {
         TargetPath = targetPath;
         TempPath = tempPath;
+        TempIdentity = identity;
         Layout = layout;
         _handle = handle;
+        _owner = owner;
     }
 
     public string TargetPath { get; }
     public string TempPath { get; }
+    /// <summary>The temporary file's (device, inode): whoever opens it again by path checks it is still this file.</summary>
+    public FileIdentity TempIdentity { get; }
     public SafetensorsLayout Layout { get; }
 
     /// <summary>
-    /// Creates a sized temporary file beside the target and writes the header into it. A given
-    /// <paramref name="tempPath"/> is replaced if it exists (a cluster job names its temporary file after the job).
+    /// Creates a sized temporary file beside the target and writes the header into it. <paramref name="job"/> names a
+    /// cluster job's file, which other processes fill and commit (<see cref="OpenExisting"/>, <see cref="CommitExisting"/>);
+    /// without it the file belongs to this process alone, and stale files of dead runs in the directory are removed first.
     /// </summary>
-    public static SafetensorsWriter Create(string targetPath, SafetensorsLayout layout, string? tempPath = null)
+    public static SafetensorsWriter Create(string targetPath, SafetensorsLayout layout, long? job = null)
     {
         string full = Path.GetFullPath(targetPath);
-        string dir = Path.GetDirectoryName(full)!;
-        string temp = tempPath ?? Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
-        var handle = OpenTemp(temp, tempPath is null ? FileMode.CreateNew : FileMode.Create, full);
+        var (temp, handle) = OutputTemp.Create(full, job);
         try
         {
             RandomAccess.SetLength(handle, layout.TotalLength);
             RandomAccess.Write(handle, layout.HeaderBytes, 0);
-            return new SafetensorsWriter(full, temp, layout, handle);
+            return new SafetensorsWriter(full, temp, RegularFile.Identity(handle), layout, handle, owner: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            DeleteAndClose(temp, handle);
+            throw new SafetensorsException(SafetensorsError.Io, full, null, $"cannot create output: {e.Message}", e);
         }
         catch
         {
-            handle.Dispose();
-            TryDelete(temp);
+            DeleteAndClose(temp, handle);
             throw;
         }
     }
 
-    /// <summary>Opens a temporary file that another process created with the same layout, to fill some of its ranges.</summary>
-    public static SafetensorsWriter OpenExisting(string targetPath, string tempPath, SafetensorsLayout layout)
+    /// <summary>
+    /// Opens a job's temporary file that another process created with the same layout, to fill some of its ranges;
+    /// refused unless the path still names the file created (<paramref name="identity"/>), so a file swapped in under
+    /// its name, or a symlink, is never written.
+    /// </summary>
+    public static SafetensorsWriter OpenExisting(string targetPath, string tempPath, FileIdentity identity, SafetensorsLayout layout)
     {
-        var handle = OpenTemp(tempPath, FileMode.Open, targetPath);
-        return new SafetensorsWriter(Path.GetFullPath(targetPath), tempPath, layout, handle) { _committed = true };
+        var handle = RegularFile.OpenOwned(tempPath, identity);
+        return new SafetensorsWriter(Path.GetFullPath(targetPath), tempPath, identity, layout, handle, owner: false);
     }
 
     /// <summary>Writes bytes at an offset within one tensor; thread-safe (positional writes).</summary>
@@ -62,64 +78,177 @@ public sealed class SafetensorsWriter : IDisposable
         RandomAccess.Write(Handle, bytes, Layout.FileOffset(tensor) + offsetInTensor);
     }
 
+    /// <summary>The open temporary file, for hints such as write-back (never for writes that bypass <see cref="Write"/>).</summary>
+    public SafeFileHandle Handle => _handle ?? throw new ObjectDisposedException(nameof(SafetensorsWriter));
+
     /// <summary>Flushes the data to disk without renaming (used by silos before they report a range done).</summary>
     public void Flush() => RandomAccess.FlushToDisk(Handle);
 
-    /// <summary>fsyncs the temporary file, renames it over the target, and fsyncs the directory.</summary>
+    /// <summary>fsyncs the temporary file, renames it over the target (a link there is replaced, not followed), and fsyncs the directory.</summary>
     public void Commit()
     {
         RandomAccess.FlushToDisk(Handle);
+        RegularFile.Rename(TempPath, TargetPath);
+        _committed = true;
+        // The lock goes with the handle, after the rename: until then the file is a live run's, not a dead one's.
         _handle!.Dispose();
         _handle = null;
-        File.Move(TempPath, TargetPath, overwrite: true);
-        _committed = true;
         FileDurability.SyncDirectory(Path.GetDirectoryName(TargetPath)!);
     }
 
-    /// <summary>
-    /// Syncs and closes the temporary file but keeps it, uncommitted, for other processes to fill through
-    /// <see cref="OpenExisting"/>; whoever assembles the job commits it.
-    /// </summary>
-    public string Detach()
+    /// <summary>Commits a job's temporary file created by another process: checks it is still that file, fsyncs it, renames it over the target, fsyncs the directory.</summary>
+    public static void CommitExisting(string tempPath, FileIdentity identity, string targetPath)
     {
-        RandomAccess.FlushToDisk(Handle);
-        _handle!.Dispose();
-        _handle = null;
-        _committed = true;
-        return TempPath;
-    }
-
-    /// <summary>Commits a temporary file that <see cref="Detach"/> left behind: fsync, rename over the target, fsync the directory.</summary>
-    public static void CommitExisting(string tempPath, string targetPath)
-    {
-        using (var handle = File.OpenHandle(tempPath, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+        using (var handle = RegularFile.OpenOwned(tempPath, identity, write: false))
             RandomAccess.FlushToDisk(handle);
-        File.Move(tempPath, targetPath, overwrite: true);
+        RegularFile.Rename(tempPath, targetPath);
         FileDurability.SyncDirectory(Path.GetDirectoryName(Path.GetFullPath(targetPath))!);
     }
 
-    private SafeFileHandle Handle => _handle ?? throw new ObjectDisposedException(nameof(SafetensorsWriter));
-
-    private static SafeFileHandle OpenTemp(string temp, FileMode mode, string target)
-    {
-        try { return File.OpenHandle(temp, mode, FileAccess.ReadWrite, FileShare.ReadWrite); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new SafetensorsException(SafetensorsError.Io, target, null, $"cannot create output: {e.Message}", e);
-        }
-    }
-
-    private static void TryDelete(string path)
-    {
-        try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-    }
-
-    /// <summary>Without a commit, the temporary file is removed and the target stays as it was.</summary>
-    public void Dispose()
+    /// <summary>Closes the temporary file without removing it: a cluster job's file outlives the process that created it.</summary>
+    public void Detach()
     {
         _handle?.Dispose();
         _handle = null;
-        if (!_committed) TryDelete(TempPath);
+    }
+
+    private static void DeleteAndClose(string temp, SafeFileHandle handle)
+    {
+        try { RegularFile.DeleteIfOwned(temp, RegularFile.Identity(handle)); }
+        catch (Exception e) when (e is IOException or SafetensorsException) { }
+        handle.Dispose();
+    }
+
+    /// <summary>Without a commit, the temporary file this writer created is removed and the target stays as it was.</summary>
+    public void Dispose()
+    {
+        if (_handle is null) return;
+        if (_owner && !_committed) DeleteAndClose(TempPath, _handle);
+        else _handle.Dispose();
+        _handle = null;
+    }
+}
+
+/// <summary>
+/// Names, creates and cleans up the temporary files beside an output. A file is created with O_CREAT|O_EXCL|O_NOFOLLOW
+/// under a random name in the output's directory, so no planted symlink is followed and no two runs share one; the name
+/// keeps at most <see cref="StemBytes"/> bytes of the output's name, so it fits NAME_MAX whatever the output is called.
+/// A process that owns its file from creation to rename holds an exclusive flock on it meanwhile; a file of that naming
+/// whose lock anyone can take belongs to a dead run (SIGKILL, power loss) and the next run in the directory removes it.
+/// A cluster job's file (named after the job) lives across processes, holds no lock between them, and is never removed
+/// that way: the job's cleanup removes it.
+/// </summary>
+public static partial class OutputTemp
+{
+    /// <summary>Bytes of the output's file name kept in a temporary name: the rest of the 255 is the random part and suffix.</summary>
+    public const int StemBytes = 96;
+    private const string Suffix = ".tmp";
+
+    [GeneratedRegex(@"^\..*\.mc-[0-9a-f]{16}\.tmp$", RegexOptions.Singleline | RegexOptions.CultureInvariant)]
+    private static partial Regex OwnedByOneProcess();
+
+    /// <summary>
+    /// A new temporary file beside <paramref name="target"/>, open for writing, locked when <paramref name="job"/> is
+    /// null (and stale ones removed first). It is created under a name the sweep ignores, locked, then renamed to its
+    /// real name, so no sweep ever sees it unlocked.
+    /// </summary>
+    public static (string Path, SafeFileHandle Handle) Create(string target, long? job = null)
+    {
+        string dir = Path.GetDirectoryName(target)!;
+        if (job is null) RemoveStale(dir);
+        string name = Name(target, job, Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8)));
+        string creating = Path.Combine(dir, name[..^Suffix.Length] + ".new");
+        string path = Path.Combine(dir, name);
+        SafeFileHandle handle;
+        try { handle = RegularFile.CreateNew(creating); }
+        catch (SafetensorsException e)
+        {
+            throw new SafetensorsException(SafetensorsError.Io, target, null,
+                $"cannot create output: {(e.Error == SafetensorsError.NotFound ? $"directory {dir} not found" : $"{dir}: {e.Detail}")}", e);
+        }
+        try
+        {
+            if (job is null) RegularFile.TryLock(handle);
+            RegularFile.Rename(creating, path);
+            return (path, handle);
+        }
+        catch
+        {
+            RegularFile.DeleteIfOwned(creating, RegularFile.Identity(handle));
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Writes a whole small file (a report, a plot, a recipe) the way a merge writes its output: into a temporary file
+    /// from <see cref="Create"/> (exclusive, random name, locked), fsynced, renamed over <paramref name="target"/> (a link
+    /// there is replaced, never followed). A failure removes the temporary file and leaves the target as it was.
+    /// </summary>
+    public static void WriteWhole(string target, ReadOnlySpan<byte> content)
+    {
+        string full = Path.GetFullPath(target);
+        var (temp, handle) = Create(full);
+        bool renamed = false;
+        try
+        {
+            RandomAccess.Write(handle, content, 0);
+            RandomAccess.FlushToDisk(handle);
+            RegularFile.Rename(temp, full);
+            renamed = true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new SafetensorsException(SafetensorsError.Io, full, null, $"cannot write: {e.Message}", e);
+        }
+        finally
+        {
+            if (!renamed) RegularFile.DeleteIfOwned(temp, RegularFile.Identity(handle));
+            handle.Dispose();
+        }
+        FileDurability.SyncDirectory(Path.GetDirectoryName(full)!);
+    }
+
+    /// <summary>".{start of the output's name}.mc-{random}.tmp", or ".mc-job{id}-{random}" for a cluster job.</summary>
+    public static string Name(string target, long? job, string random)
+    {
+        string file = Path.GetFileName(target);
+        int keep = 0, bytes = 0;
+        while (keep < file.Length)
+        {
+            int width = char.IsSurrogatePair(file, keep) ? 2 : 1;
+            int size = Encoding.UTF8.GetByteCount(file.AsSpan(keep, width));
+            if (bytes + size > StemBytes) break;
+            bytes += size;
+            keep += width;
+        }
+        return job is null ? $".{file[..keep]}.mc-{random}{Suffix}" : $".{file[..keep]}.mc-job{job}-{random}{Suffix}";
+    }
+
+    /// <summary>
+    /// Removes temporary files of dead runs from <paramref name="directory"/>: only names of this tool's single-process
+    /// form, only regular files (a symlink is not followed), and only when their lock can be taken, which no live
+    /// owner allows. Best effort; returns how many were removed.
+    /// </summary>
+    public static int RemoveStale(string directory)
+    {
+        int removed = 0;
+        IEnumerable<string> names;
+        try { names = Directory.EnumerateFiles(directory, ".*" + Suffix).Select(Path.GetFileName).Where(n => OwnedByOneProcess().IsMatch(n!))!; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return 0; }
+        foreach (string name in names.ToList())
+        {
+            string path = Path.Combine(directory, name);
+            try
+            {
+                var identity = RegularFile.IdentityOf(path);
+                if (identity is null) continue;
+                using var handle = RegularFile.OpenOwned(path, identity.Value, write: false);
+                if (RegularFile.TryLock(handle) && RegularFile.DeleteIfOwned(path, identity.Value)) removed++;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or SafetensorsException) { }
+        }
+        return removed;
     }
 }
 

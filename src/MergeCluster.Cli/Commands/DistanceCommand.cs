@@ -5,7 +5,9 @@ using MergeCluster.Engine.Execution;
 using MergeCluster.Engine.Selection;
 using MergeCluster.Merge;
 using MergeCluster.Merge.Architecture;
+using MergeCluster.Cluster;
 using MergeCluster.Planning;
+using MergeCluster.Safetensors;
 using Spectre.Console;
 
 namespace MergeCluster.Cli.Commands;
@@ -73,17 +75,14 @@ public static class DistanceCommand
 
     private static string WriteText(string path, string text)
     {
-        // Written whole to a temporary name and renamed, so a reader never sees half a report.
-        string temp = Path.Combine(Path.GetDirectoryName(path)!, $".{Path.GetFileName(path)}.{Guid.NewGuid():N}.tmp");
-        File.WriteAllText(temp, text);
-        File.Move(temp, path, overwrite: true);
+        OutputTemp.WriteWhole(path, System.Text.Encoding.UTF8.GetBytes(text));
         return path;
     }
 
     private static void PrintSummary(DistanceReport report, DistancePlan plan, long bytes, double seconds, IReadOnlyList<string> written)
     {
         string reference = report.Base ?? report.Models[0];
-        Console.WriteLine($"distance: {report.Models.Count} models ({report.Architecture}{(report.Base is null ? "" : $", base {report.Base}")}), read {Units.Bytes(bytes)} in {seconds:F1} s ({Units.Bytes((long)(bytes / Math.Max(seconds, 1e-9)))}/s)");
+        Console.WriteLine($"distance: {report.Models.Count} models ({report.Architecture}{(report.Base is null ? "" : $", base {Terminal.Escape(report.Base)}")}), read {Units.Bytes(bytes)} in {seconds:F1} s ({Units.Bytes((long)(bytes / Math.Max(seconds, 1e-9)))}/s)");
         var console = HumanConsole.Create();
         foreach (var c in report.Components)
         {
@@ -94,7 +93,7 @@ public static class DistanceCommand
             }
             var far = DistancePlots.FarAway(c);
             var table = new Table().Border(HumanConsole.Border).Title(Markup.Escape($"{c.Name} ({c.Keys} keys)"))
-                .AddColumns("model", $"L2 to {Markup.Escape(reference)}", "cosine", "nearest", "notes");
+                .AddColumns("model", $"L2 to {Markup.Escape(Terminal.Escape(reference))}", "cosine", "nearest", "notes");
             for (int i = 0; i < report.Models.Count; i++)
             {
                 int nearest = Enumerable.Range(0, report.Models.Count).Where(j => j != i && double.IsFinite(c.L2[i, j])).DefaultIfEmpty(-1).MinBy(j => j < 0 ? 0 : c.L2[i, j]);
@@ -105,14 +104,14 @@ public static class DistanceCommand
                 int oneSided = Row(c.OneSided, i).Max(), mismatched = Row(c.ShapeMismatches, i).Max();
                 if (oneSided > 0) notes.Add($"up to {oneSided} keys one-sided");
                 if (mismatched > 0) notes.Add($"up to {mismatched} shape mismatches");
-                table.AddRow(Markup.Escape(report.Models[i]), Format(c.L2[0, i]), Format(c.Cosine[0, i], "F6"),
-                    nearest < 0 ? "-" : Markup.Escape($"{report.Models[nearest]} ({Format(c.L2[i, nearest])})"), Markup.Escape(string.Join("; ", notes)));
+                table.AddRow(new Text(Terminal.Escape(report.Models[i])), new Text(Format(c.L2[0, i])), new Text(Format(c.Cosine[0, i], "F6")),
+                    new Text(nearest < 0 ? "-" : Terminal.Escape($"{report.Models[nearest]} ({Format(c.L2[i, nearest])})")), new Text(string.Join("; ", notes)));
             }
             console.Write(table);
         }
         var identical = report.IdenticalLines().ToList();
-        Console.WriteLine(identical.Count == 0 ? "identical: none" : "identical: " + string.Join("; ", identical));
-        foreach (var f in written) Console.WriteLine($"wrote {f}");
+        Console.WriteLine(identical.Count == 0 ? "identical: none" : "identical: " + Terminal.Escape(string.Join("; ", identical)));
+        foreach (var f in written) Console.WriteLine($"wrote {Terminal.Escape(f)}");
     }
 
     private static IEnumerable<int> Row(int[,] m, int i) => Enumerable.Range(0, m.GetLength(1)).Select(j => m[i, j]);

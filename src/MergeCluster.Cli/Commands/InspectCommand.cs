@@ -1,3 +1,4 @@
+using MergeCluster.Cluster;
 using System.CommandLine;
 using System.Text.Json;
 using MergeCluster.Merge.Architecture;
@@ -96,7 +97,7 @@ public static class InspectCommand
         string pruned = s.Detection.IsPruned ? $", pruned: {s.Detection.MissingKeys.Count:N0} required keys missing" : "";
         var facts = new List<(string, string)>
         {
-            ("file", $"{s.Path} ({Units.Bytes(s.Length)})"),
+            ("file", $"{Terminal.Escape(s.Path)} ({Units.Bytes(s.Length)})"),
             ("architecture", s.Architecture.IsKnown ? $"{s.Architecture.Name} - {s.Architecture.Title}{pruned}" : "unknown (no known key layout matches)"),
             ("tensors", $"{s.Tensors:N0}, {s.Parameters:N0} parameters"),
             ("autov2", s.AutoV2 ?? "-"),
@@ -118,7 +119,8 @@ public static class InspectCommand
             console.Write(new Text($"metadata ({s.Metadata.Count:N0}):\n"));
             var metadata = new Table().Border(HumanConsole.Border).AddColumns("key", "value");
             foreach (var (key, value) in s.Metadata)
-                metadata.AddRow(new Text(key), new Text(value.Length > 120 ? $"{value[..117].ReplaceLineEndings(" ")}... ({value.Length:N0} chars)" : value.ReplaceLineEndings(" ")));
+                metadata.AddRow(new Text(Terminal.Escape(key)),
+                    new Text(value.Length > 120 ? $"{Terminal.Escape(value[..117].ReplaceLineEndings(" "))}... ({value.Length:N0} chars)" : Terminal.Escape(value.ReplaceLineEndings(" "))));
             console.Write(metadata);
         }
         if (s.Architecture.IsKnown)
@@ -158,7 +160,7 @@ public static class InspectCommand
     private static void WriteKeyList(IAnsiConsole console, string title, IReadOnlyList<string> keys)
     {
         console.Write(new Text(keys.Count == 0 ? $"{title}: none\n" : $"{title} ({keys.Count:N0}):\n"));
-        foreach (string key in keys.Take(ListedKeys)) console.Write(new Text($"  {key}\n"));
+        foreach (string key in keys.Take(ListedKeys)) console.Write(new Text($"  {Terminal.Escape(key)}\n"));
         if (keys.Count > ListedKeys) console.Write(new Text($"  ... and {keys.Count - ListedKeys:N0} more (--json lists them all)\n"));
     }
 }

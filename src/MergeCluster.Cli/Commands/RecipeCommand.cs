@@ -30,31 +30,10 @@ public static class RecipeCommand
             });
             // No newline at the end, also on stdout: sd-mecha's parser fails on an empty last line, and users redirect this to a file.
             if (target is null) Console.Out.Write(text);
-            else WriteAtomically(target.FullName, text);
+            else OutputTemp.WriteWhole(target.FullName, System.Text.Encoding.UTF8.GetBytes(text));
             return 0;
         });
         return new Command("recipe", "Work with recipe files") { export };
-    }
-
-    /// <summary>Creates an unpredictably named temporary file beside the target exclusively, fsyncs it and renames it over the target.</summary>
-    private static void WriteAtomically(string path, string text)
-    {
-        string temp = Path.Combine(Path.GetDirectoryName(path)!, $".{Path.GetFileName(path)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var handle = File.OpenHandle(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
-            {
-                RandomAccess.Write(handle, System.Text.Encoding.UTF8.GetBytes(text), 0);
-                RandomAccess.FlushToDisk(handle);
-            }
-            File.Move(temp, path, overwrite: true);
-            FileDurability.SyncDirectory(Path.GetDirectoryName(path)!);
-        }
-        catch
-        {
-            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
     }
 
     /// <summary>The architecture of the recipe's models (read from their headers), which names the .mecha model_config.</summary>

@@ -60,6 +60,8 @@ public static class SiloCommand
                 HttpPort = parse.GetValue(httpPort),
                 Dashboard = parse.GetValue(dashboard),
             };
+            // The silo drains on its own signals and exits 0; they are not an interruption of a command.
+            CliRunner.LeaveSignalsToCommand();
             using var host = SiloHost.Build(settings, b => b.Services.AddSingleton<IHostLifetime, SignalLifetime>());
             var lifetime = host.Services.GetRequiredService<IHostApplicationLifetime>();
             int signals = 0;

@@ -1,3 +1,4 @@
+using MergeCluster.Cluster;
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
@@ -50,11 +51,11 @@ public static class StatusCommand
             }
             Console.WriteLine($"storage: {connection.Settings.Storage.Display}; cluster {connection.Settings.ClusterId}");
             Console.WriteLine($"silos: {silos.Length} live");
-            foreach (var s in silos) Console.WriteLine($"  {s.Name,-20} {s.Address}  {s.Threads} slot(s)  {s.Models} model(s)");
+            foreach (var s in silos) Console.WriteLine($"  {Terminal.Escape(s.Name),-20} {Terminal.Escape(s.Address)}  {s.Threads} slot(s)  {s.Models} model(s)");
             Console.WriteLine($"jobs: {jobs.Count} most recent");
             foreach (var j in jobs)
                 Console.WriteLine($"  {j.Job,6}  {StateName(j.State),-9}  {j.Tasks.Done}/{j.Tasks.Total} tasks  submitted {j.SubmittedAt:u}"
-                    + (j.Error is null || j.State == JobPhase.Succeeded ? "" : $"  error: {j.Error}"));
+                    + (j.Error is null || j.State == JobPhase.Succeeded ? "" : $"  error: {Terminal.Escape(j.Error)}"));
             return 0;
         });
         return command;
@@ -91,15 +92,15 @@ public static class StatusCommand
     {
         Console.WriteLine($"storage: {connection.Settings.Storage.Display}; cluster {connection.Settings.ClusterId}");
         Console.WriteLine($"job {s.Job}: {StateName(s.State)}{(s.CleaningUp ? " (cleaning up)" : "")}");
-        if (s.RecipeDirectory is not null) Console.WriteLine($"  recipe directory: {s.RecipeDirectory}");
-        if (s.Output is not null) Console.WriteLine($"  output: {s.Output} ({s.Shape?.ToLowerInvariant()} tasks)");
+        if (s.RecipeDirectory is not null) Console.WriteLine($"  recipe directory: {Terminal.Escape(s.RecipeDirectory)}");
+        if (s.Output is not null) Console.WriteLine($"  output: {Terminal.Escape(s.Output)} ({s.Shape?.ToLowerInvariant()} tasks)");
         Console.WriteLine($"  submitted {s.SubmittedAt:u}{(s.FinishedAt is { } f && s.SubmittedAt is { } b ? $", finished {f:u} after {(f - b).TotalSeconds:0.0} s" : "")}");
-        if (s.Coordinator is not null) Console.WriteLine($"  job grain on silo: {s.Coordinator}");
-        if (s.Error is not null && s.State != JobPhase.Succeeded) Console.WriteLine($"  error: {s.Error}");
+        if (s.Coordinator is not null) Console.WriteLine($"  job grain on silo: {Terminal.Escape(s.Coordinator)}");
+        if (s.Error is not null && s.State != JobPhase.Succeeded) Console.WriteLine($"  error: {Terminal.Escape(s.Error)}");
         var t = s.Tasks;
         Console.WriteLine($"tasks: {t.Total} ({t.Pending} pending, {t.Running} running, {t.Done} done, {t.Failed} failed); {s.Retries} retries");
         Console.WriteLine($"bytes: {s.BytesRead} read, {s.BytesWritten} written; job record written to storage {s.StorageWrites} times");
         foreach (var n in s.Notable)
-            Console.WriteLine($"  {n.Name,-16} {n.State,-7} attempts {n.Attempts}  silo {n.Silo ?? "-"}" + (n.Error is null ? "" : $"  error: {n.Error}"));
+            Console.WriteLine($"  {Terminal.Escape(n.Name),-16} {n.State,-7} attempts {n.Attempts}  silo {Terminal.Escape(n.Silo ?? "-")}" + (n.Error is null ? "" : $"  error: {Terminal.Escape(n.Error)}"));
     }
 }

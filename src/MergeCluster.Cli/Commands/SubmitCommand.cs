@@ -21,6 +21,11 @@ public static class SubmitCommand
         var noHash = new Option<bool>("--no-hash") { Description = "do not hash inputs into the output metadata" };
         var output = new Option<FileInfo?>("--output", "-o") { Description = "output file as the silos see it, overriding the recipe's (a .mecha recipe names none)" };
         var dtype = new Option<string?>("--dtype") { Description = "output dtype f16, bf16, f32 or f64, overriding the recipe's" };
+        var nonFinite = new Option<NonFinitePolicy>("--nonfinite")
+        {
+            Description = "an output tensor with NaN or infinite values: error fails the job (nothing written); warn and keep write it (warn records the tensors on the task spans)",
+            DefaultValueFactory = _ => NonFinitePolicy.Warn,
+        };
         var shape = new Option<TaskShape>("--shape")
         {
             Description = "tasks per shard: fused (one task), tree (leaf, reduce and final tasks), or auto: tree only when no silo holds every model",
@@ -35,6 +40,7 @@ public static class SubmitCommand
         command.Options.Add(shape);
         command.Options.Add(output);
         command.Options.Add(dtype);
+        command.Options.Add(nonFinite);
         command.SetAction(async (parse, ct) =>
         {
             var file = parse.GetValue(recipe)!;
@@ -42,7 +48,8 @@ public static class SubmitCommand
             var settings = cluster.Resolve(parse);
             // Connecting (and the JIT it takes) runs beside the recipe's parse: the two are most of a submit's latency.
             var connecting = Task.Run(() => ClusterConnection.ConnectAsync(settings, "submit", ct), ct);
-            var text = await File.ReadAllTextAsync(file.FullName, ct);
+            // A regular file only, and bounded: a FIFO named as the recipe is refused instead of blocking.
+            var text = MergeCluster.Safetensors.RegularFile.ReadText(file.FullName, Recipe.MaxBytes, "the recipe");
             // Mistakes in the recipe itself fail here, with their line; paths are checked by the silos against their data roots.
             _ = Recipe.Parse(text, file.DirectoryName!, file.FullName);
             if (parse.GetValue(dtype) is { } name && !(DTypes.TryParseUser(name, out var d) && d is DType.F16 or DType.BF16 or DType.F32 or DType.F64))
@@ -54,6 +61,7 @@ public static class SubmitCommand
                 HashInputs = !parse.GetValue(noHash),
                 Output = parse.GetValue(output)?.FullName,
                 DType = parse.GetValue(dtype),
+                NonFinite = parse.GetValue(nonFinite),
             };
 
             await using var connection = await connecting;

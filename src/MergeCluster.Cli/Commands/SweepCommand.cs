@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using MergeCluster.Cluster;
 using MergeCluster.Engine.Execution;
 using MergeCluster.Engine.Selection;
 using MergeCluster.Merge;
@@ -35,13 +36,19 @@ public static class SweepCommand
             int t = Math.Max(1, parse.GetValue(threads));
 
             var clock = Stopwatch.StartNew();
-            var job = SweepJob.Create(recipe, mode, component, dir, !parse.GetValue(noHash), t);
             var progress = new MergeProgress();
-            await ProgressDisplay.RunAsync(progress, job.InputBytes, () => job.RunAsync(t, progress, ct), ct, "sweep");
+            SweepJob? planned = null;
+            // Planning and hashing run inside the display (hashing 50 inputs takes minutes, and Ctrl-C must stop it).
+            await ProgressDisplay.RunAsync(progress, () => planned?.InputBytes ?? 0, async () =>
+            {
+                planned = SweepJob.Create(recipe, mode, component, dir, !parse.GetValue(noHash), t, progress: progress, ct: ct);
+                await planned.RunAsync(t, progress, ct);
+            }, ct, "sweep");
+            var job = planned!;
             double seconds = clock.Elapsed.TotalSeconds;
             foreach (var c in job.Candidates)
-                Console.WriteLine($"wrote {c.Plan.OutputPath} ({Units.Bytes(c.Plan.OutputBytes)}): {(mode == SweepMode.LeaveOneOut ? $"{component.Name()} without {c.Model}" : $"{component.Name()} from {c.Model}")}");
-            if (!job.Skipped.IsEmpty) Console.WriteLine($"skipped (no {component.Name()} keys): {string.Join(", ", job.Skipped)}");
+                Console.WriteLine($"wrote {Terminal.Escape(c.Plan.OutputPath)} ({Units.Bytes(c.Plan.OutputBytes)}): {component.Name()} {(mode == SweepMode.LeaveOneOut ? "without" : "from")} {Terminal.Escape(c.Model)}");
+            if (!job.Skipped.IsEmpty) Console.WriteLine($"skipped (no {component.Name()} keys): {Terminal.Escape(string.Join(", ", job.Skipped))}");
             Console.WriteLine($"sweep: {job.Candidates.Length} candidates ({Units.Bytes(job.OutputBytes)}) in {seconds:F1} s; read {Units.Bytes(progress.InputBytes)} once at {Units.Bytes((long)(progress.InputBytes / Math.Max(seconds, 1e-9)))}/s");
             return 0;
         });

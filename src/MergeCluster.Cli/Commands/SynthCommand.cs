@@ -1,3 +1,4 @@
+using MergeCluster.Cluster;
 using System.CommandLine;
 using MergeCluster.Merge;
 using MergeCluster.Merge.Architecture;
@@ -42,7 +43,7 @@ public static class SynthCommand
             using (var progress = HumanConsole.ByteProgress($"writing {path}"))
                 result = SyntheticCheckpoint.Write(path, options, cancellation, progress);
             double seconds = Math.Max(result.Elapsed.TotalSeconds, 1e-3);
-            Console.WriteLine($"wrote {path}: {options.Architecture.Name}, {result.Tensors} tensors, {result.Parameters:N0} parameters, " +
+            Console.WriteLine($"wrote {Terminal.Escape(path)}: {options.Architecture.Name}, {result.Tensors} tensors, {result.Parameters:N0} parameters, " +
                 $"{Units.Bytes(result.Bytes)} in {seconds:F1} s ({Units.Bytes((long)(result.Bytes / seconds))}/s)");
             return Task.FromResult(0);
         });

@@ -12,8 +12,9 @@ public static class JobSettingsExtensions
         HashInputs = settings.HashInputs,
         Output = settings.Output,
         DType = settings.DType,
+        NonFinite = settings.NonFinite is { } policy ? Enum.Parse<NonFinitePolicy>(policy, ignoreCase: true) : NonFinitePolicy.Warn,
     };
 
     public static JobSettings ToSettings(this MergeJobOptions options) =>
-        new(options.Shape.ToString(), options.ShardBytes, options.HashInputs, options.Output, options.DType);
+        new(options.Shape.ToString(), options.ShardBytes, options.HashInputs, options.Output, options.DType, options.NonFinite.ToString());
 }

@@ -18,7 +18,8 @@ public sealed record JobSettings(
     [property: Id(1)] long ShardBytes,
     [property: Id(2)] bool HashInputs,
     [property: Id(3)] string? Output = null,
-    [property: Id(4)] string? DType = null);
+    [property: Id(4)] string? DType = null,
+    [property: Id(5)] string? NonFinite = null);
 
 /// <summary>Where a job is in its life; Failed and Cancelled jobs clean their files up before they are final.</summary>
 [GenerateSerializer, Alias("mergecluster.JobPhase")]

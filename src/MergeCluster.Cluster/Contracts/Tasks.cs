@@ -14,7 +14,8 @@ public sealed record TaskOrder(
     [property: Id(5)] string PlanDigest,
     [property: Id(6)] int Task,
     [property: Id(7)] string TaskName,
-    [property: Id(8)] int Attempt);
+    [property: Id(8)] int Attempt,
+    [property: Id(9)] string? TempIdentity = null);
 
 /// <summary>Where an attempt runs: the attempt the grain is running (an earlier one if it was still busy) and its silo.</summary>
 [GenerateSerializer, Immutable, Alias("mergecluster.TaskStarted")]

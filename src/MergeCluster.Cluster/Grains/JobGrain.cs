@@ -4,6 +4,7 @@ using MergeCluster.Cluster.Contracts;
 using MergeCluster.Cluster.Silo;
 using MergeCluster.Cluster.Telemetry;
 using MergeCluster.Engine.Execution;
+using MergeCluster.Safetensors;
 using MergeCluster.Engine.Telemetry;
 using MergeCluster.Merge.Recipes;
 using Microsoft.Extensions.Logging;
@@ -264,7 +265,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
             var held = LiveSilo.All(_membership, _metadata).Select(s => (IReadOnlyCollection<string>)s.Models).ToList();
             var recipe = Recipe.Parse(submission.RecipeText, submission.RecipeDirectory, submission.RecipeSource);
             var options = submission.Settings.ToOptions();
-            job = await Task.Run(() => MergeJob.Create(recipe, options, _silo.Environment, held));
+            job = await Task.Run(() => MergeJob.Create(recipe, options, _silo.Environment, held, clusterJob: Id));
         }
         catch (Exception e)
         {
@@ -284,6 +285,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         r.Phase = JobPhase.Running;
         r.Shape = job.Shape.ToString();
         r.TempOutput = job.Files.TempOutput;
+        r.TempIdentity = job.Files.TempIdentity.ToString();
         r.Scratch = job.Files.Scratch;
         r.Output = job.Plan.OutputPath;
         r.PlanDigest = job.Digest;
@@ -305,7 +307,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         {
             var recipe = Recipe.Parse(submission.RecipeText, submission.RecipeDirectory, submission.RecipeSource);
             var options = submission.Settings.ToOptions();
-            var files = new MergeJobFiles(r.TempOutput!, r.Scratch);
+            var files = FilesOf(r);
             if (!File.Exists(files.TempOutput) && r.Output is not null && File.Exists(r.Output) && Count(TaskState.Done) == r.States.Length)
             {
                 // The previous activation committed the output and died before it recorded the end.
@@ -366,7 +368,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
             free[target.Address]--;
             int attempt = ++_record.Attempts[index];
             _record.States[index] = (byte)TaskState.Running;
-            var order = new TaskOrder(Id, submission, _record.Shape!, _record.TempOutput!, _record.Scratch, _record.PlanDigest!, index, task.Name, attempt);
+            var order = new TaskOrder(Id, submission, _record.Shape!, _record.TempOutput!, _record.Scratch, _record.PlanDigest!, index, task.Name, attempt, _record.TempIdentity);
             try
             {
                 RequestContext.Set(IPlacementDirector.PlacementHintKey, target.Address);
@@ -595,12 +597,16 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         MarkDirty();
     }
 
+    /// <summary>The files the plan created, as the record keeps them (the identity is what every silo checks before it opens the temporary output).</summary>
+    private static MergeJobFiles FilesOf(JobRecord r) =>
+        new(r.TempOutput!, r.Scratch, FileIdentity.TryParse(r.TempIdentity, out var identity) ? identity : default);
+
     private async Task CleanupAsync()
     {
         var r = _record;
         if (r.TempOutput is not null)
         {
-            var files = new MergeJobFiles(r.TempOutput, r.Scratch);
+            var files = FilesOf(r);
             await Task.Run(() => MergeJob.Cleanup(files));
         }
         r.FilesRemoved = true;

@@ -38,6 +38,8 @@ internal sealed class JobRecord
     [Id(18)] public long BytesWritten { get; set; }
     /// <summary>Writes of this record to storage so far, this one included.</summary>
     [Id(19)] public int Writes { get; set; }
+    /// <summary>The temporary output's identity ("device:inode:birth"): silos open it only while it is still that file.</summary>
+    [Id(20)] public string? TempIdentity { get; set; }
 
     public bool Planned => PlanDigest is not null;
 

@@ -62,7 +62,7 @@ public sealed partial class OpenJobs(SiloIdentity silo, TimeProvider time, ILogg
     {
         var s = order.Submission;
         var recipe = Recipe.Parse(s.RecipeText, s.RecipeDirectory, s.RecipeSource);
-        var job = MergeJob.Open(recipe, s.Settings.ToOptions(), Enum.Parse<TaskShape>(order.Shape), new MergeJobFiles(order.TempOutput, order.Scratch), silo.Environment, order.PlanDigest);
+        var job = MergeJob.Open(recipe, s.Settings.ToOptions(), Enum.Parse<TaskShape>(order.Shape), new MergeJobFiles(order.TempOutput, order.Scratch, Safetensors.FileIdentity.TryParse(order.TempIdentity, out var identity) ? identity : default), silo.Environment, order.PlanDigest);
         var run = job.OpenRun();
         LogOpened(log, order.Job, job.Tasks.Count);
         return run;

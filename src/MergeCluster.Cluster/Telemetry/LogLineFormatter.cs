@@ -7,7 +7,7 @@ namespace MergeCluster.Cluster.Telemetry;
 /// <summary>
 /// One line per log event: UTC time, level, the last part of the category, the message, and an exception as its
 /// innermost type and message (no stack trace: Orleans and Azure warnings otherwise run to dozens of lines during a
-/// storage outage). Any storage secret is scrubbed, whoever wrote the line.
+/// storage outage). Any storage secret is scrubbed, whoever wrote the line, and control characters are escaped.
 /// </summary>
 internal sealed class LogLineFormatter() : ConsoleFormatter(Name)
 {
@@ -24,7 +24,8 @@ internal sealed class LogLineFormatter() : ConsoleFormatter(Name)
         int dot = entry.Category.LastIndexOf('.');
         var category = dot >= 0 ? entry.Category[(dot + 1)..] : entry.Category;
         var line = $"{DateTime.UtcNow:HH:mm:ss.fff} {Level(entry.LogLevel)} {category}: {message.ReplaceLineEndings(" ")}";
-        textWriter.WriteLine(StorageConnection.ScrubAll(line));
+        // Keys, paths and errors quoted from checkpoints reach a terminal as text, never as its control sequences.
+        textWriter.WriteLine(Terminal.Escape(StorageConnection.ScrubAll(line)));
     }
 
     private static string Level(LogLevel level) => level switch

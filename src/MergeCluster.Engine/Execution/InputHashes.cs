@@ -26,34 +26,39 @@ public static class InputHashes
         }
     }
 
-    /// <summary>AutoV2 of each named input, hashed in parallel where not cached.</summary>
-    public static IReadOnlyDictionary<string, string> Compute(IEnumerable<MergeInput> inputs, int threads)
+    /// <summary>
+    /// AutoV2 of each read input by model name, hashing in parallel what is not cached, each file once however many
+    /// models name it. Cancelling stops within a megabyte of reading; nothing of an unfinished hash is cached.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string> Compute(IEnumerable<MergeInput> inputs, int threads, CancellationToken ct = default, MergeProgress? progress = null)
     {
         var cache = Load();
+        var files = inputs.Where(i => i.Length > 0).GroupBy(i => i.Identity).Select(g => (Input: g.First(), Id: Identity(g.First().Path), Names: g.Select(i => i.Name).ToList())).ToList();
         var result = new ConcurrentDictionary<string, string>(StringComparer.Ordinal);
         var fresh = new ConcurrentDictionary<string, string>(StringComparer.Ordinal);
-        Parallel.ForEach(inputs.Where(i => i.Length > 0), new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads) }, input =>
+        var pending = new List<(MergeInput Input, string Id, List<string> Names)>();
+        foreach (var file in files)
         {
-            string id = Identity(input.Path);
-            if (!cache.TryGetValue(id, out string? hash))
+            if (cache.TryGetValue(file.Id, out string? hash)) foreach (string name in file.Names) result[name] = hash;
+            else pending.Add(file);
+        }
+        if (pending.Count == 0) return result;
+        progress?.StartHashing(pending.Sum(f => f.Input.Length));
+        try
+        {
+            Parallel.ForEach(pending, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads), CancellationToken = ct }, file =>
             {
-                hash = ModelHashes.AutoV2(input.Path);
-                fresh[id] = hash;
-            }
-            result[input.Name] = hash;
-        });
-        if (!fresh.IsEmpty) Save(fresh);
+                string hash = ModelHashes.AutoV2(file.Input.Path, ct, progress is null ? null : progress.Hashed);
+                fresh[file.Id] = hash;
+                foreach (string name in file.Names) result[name] = hash;
+            });
+        }
+        finally
+        {
+            // Files hashed before a cancel are kept: the next run need not read them again.
+            if (!fresh.IsEmpty) Save(fresh);
+        }
         return result;
-    }
-
-    /// <summary>The AutoV2 of one file, through the cache.</summary>
-    public static string Of(string path)
-    {
-        string id = Identity(path);
-        if (Load().TryGetValue(id, out string? hash)) return hash;
-        hash = ModelHashes.AutoV2(path);
-        Save(new Dictionary<string, string> { [id] = hash });
-        return hash;
     }
 
     private static string Identity(string path)

@@ -38,7 +38,9 @@ public sealed unsafe class InputSet : IDisposable
             if (input.Length == 0) continue;
             try
             {
-                using var handle = File.OpenHandle(input.Path, FileMode.Open, FileAccess.Read, FileShare.Read);
+                using var handle = RegularFile.OpenRead(input.Path);
+                if (RegularFile.Identity(handle) != input.Identity)
+                    throw new SafetensorsException(SafetensorsError.Io, input.Path, null, "is another file than when the merge was planned (replaced meanwhile?)");
                 if (RandomAccess.GetLength(handle) != input.Length)
                     throw new SafetensorsException(SafetensorsError.Io, input.Path, null, "file changed size since it was planned");
                 var map = MemoryMappedFile.CreateFromFile(handle, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
@@ -49,10 +51,10 @@ public sealed unsafe class InputSet : IDisposable
                 view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
                 _bases[input.Index] = (nint)(p + view.PointerOffset);
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or SafetensorsException)
             {
                 Dispose();
-                throw new SafetensorsException(SafetensorsError.Io, input.Path, null, e.Message, e);
+                throw e as SafetensorsException ?? new SafetensorsException(SafetensorsError.Io, input.Path, null, e.Message, e);
             }
         }
     }

@@ -20,6 +20,8 @@ public sealed class JobRun : IDisposable
     private readonly InputSet _inputs;
     private readonly SafetensorsWriter _output;
     private readonly ConcurrentBag<ShardExecutor> _idle = new();
+    // Output tensors with NaN or infinite values this run's tasks found, by plan index.
+    private readonly ConcurrentDictionary<int, PlannedTensor> _nonFinite = new();
 
     internal JobRun(MergeJob job, MergeProgress? progress)
     {
@@ -28,7 +30,7 @@ public sealed class JobRun : IDisposable
         _inputs = new InputSet(job.Plan);
         try
         {
-            _output = SafetensorsWriter.OpenExisting(job.Plan.OutputPath, job.Files.TempOutput, job.Plan.Layout);
+            _output = SafetensorsWriter.OpenExisting(job.Plan.OutputPath, job.Files.TempOutput, job.Files.TempIdentity, job.Plan.Layout);
         }
         catch
         {
@@ -48,7 +50,8 @@ public sealed class JobRun : IDisposable
     {
         var plan = _job.Plan;
         var shard = plan.Shards[task.Shard];
-        var executor = _idle.TryTake(out var e) ? e : new ShardExecutor(plan, _inputs, _progress);
+        var executor = _idle.TryTake(out var e) ? e
+            : new ShardExecutor(plan, _inputs, _progress) { NonFinite = _job.Options.NonFinite == NonFinitePolicy.Keep ? null : t => _nonFinite[t.Index] = t };
         long read0 = executor.BytesRead, written0 = executor.BytesWritten;
         var span = Activity.Current;
         span?.SetTag(MergeTelemetry.ShardTag, shard.Index);
@@ -84,6 +87,7 @@ public sealed class JobRun : IDisposable
                 default:
                     throw new Merge.MergeException($"unknown task kind '{task.Kind}'");
             }
+            if (task.WritesOutput) RefuseNonFinite(shard);
         }
         finally
         {
@@ -95,6 +99,49 @@ public sealed class JobRun : IDisposable
             _idle.Add(executor);
         }
         return new TaskBytes(executor.BytesRead - read0, executor.BytesWritten - written0);
+    }
+
+    /// <summary>
+    /// Records the shard's non-finite tensors on the task's span, and under <see cref="NonFinitePolicy.Error"/> fails
+    /// the task (permanently: the inputs will not change), so the job writes nothing.
+    /// </summary>
+    private void RefuseNonFinite(Shard shard)
+    {
+        if (_nonFinite.IsEmpty) return;
+        var found = shard.TensorIndices.Where(_nonFinite.ContainsKey).Select(i => _job.Plan.Tensors[i]).ToList();
+        foreach (var t in found)
+            Activity.Current?.AddEvent(new ActivityEvent("mergecluster.nonfinite", tags: new ActivityTagsCollection { ["mergecluster.key"] = t.Output.Key }));
+        if (found.Count == 0 || _job.Options.NonFinite != NonFinitePolicy.Error) return;
+        var first = Describe(found[0]);
+        throw new Merge.MergeException($"{_job.Plan.OutputPath}: tensor '{first.Key}': the merged values include NaN or infinity ({first.Cause})"
+            + (found.Count > 1 ? $", and {found.Count - 1} more tensors of this shard do" : "") + "; --nonfinite error writes nothing (warn or keep would write the file)");
+    }
+
+    /// <summary>
+    /// The output tensors with NaN or infinite values that this run's tasks found, in plan order, each with the models
+    /// whose tensor holds such values: the inputs are looked at only now, and only for those tensors.
+    /// </summary>
+    public IReadOnlyList<NonFiniteTensor> NonFinite() => [.. _nonFinite.Values.OrderBy(t => t.Index).Select(Describe)];
+
+    private NonFiniteTensor Describe(PlannedTensor tensor)
+    {
+        const int window = 4 << 20;
+        var names = new List<string>();
+        foreach (var term in tensor.Terms)
+        {
+            string name = _job.Plan.Inputs[term.Input].Name;
+            if (names.Contains(name) || !term.Tensor.DType.IsFloat()) continue;
+            for (long offset = 0; offset < term.Tensor.ByteLength; offset += window)
+            {
+                int length = (int)Math.Min(window, term.Tensor.ByteLength - offset);
+                long bad = DTypeConvert.CountNonFinite(term.Tensor.DType, _inputs.Window(term, offset, length));
+                _inputs.Release(term, offset, length);
+                if (bad == 0) continue;
+                names.Add(name);
+                break;
+            }
+        }
+        return new NonFiniteTensor(tensor.Output.Key, names, tensor.Output.DType);
     }
 
     private void WritePartial(Shard shard, PartialNode node, int attempt, Action<Stream> produce)

@@ -17,8 +17,14 @@ public sealed record LocalMergeOptions
     public DType? DType { get; init; }
     public bool HashInputs { get; init; } = true;
     public TaskShape Shape { get; init; } = TaskShape.Fused;
-    /// <summary>Bytes the recipe reads, when the caller has planned it already; otherwise it is planned once more to size the shards.</summary>
-    public long? InputBytes { get; init; }
+    public NonFinitePolicy NonFinite { get; init; } = NonFinitePolicy.Warn;
+    /// <summary>Told of each output tensor with NaN or infinite values, after the output is written (policy warn).</summary>
+    public Action<NonFiniteTensor>? OnNonFinite { get; init; }
+    /// <summary>
+    /// The caller's plan of this recipe with this output, when it has made one (to check it, or print it): the merge
+    /// uses it instead of reading every header again, and for a plan of a million tensors holds one plan, not two.
+    /// </summary>
+    public MergePlan? Plan { get; init; }
 }
 
 /// <summary>
@@ -30,7 +36,7 @@ public static class LocalMerge
 {
     public static async Task<string> RunAsync(Recipe recipe, LocalMergeOptions options, MergeProgress? progress, CancellationToken ct)
     {
-        long inputBytes = options.InputBytes ?? Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath, OutputDType = options.DType }).InputBytes;
+        long inputBytes = (options.Plan ?? Planner.Create(recipe, new PlanOptions { OutputPath = options.OutputPath, OutputDType = options.DType })).InputBytes;
         var jobOptions = new MergeJobOptions
         {
             Shape = options.Shape == TaskShape.Auto ? TaskShape.Fused : options.Shape,
@@ -38,18 +44,25 @@ public static class LocalMerge
             Output = options.OutputPath,
             HashInputs = options.HashInputs,
             DType = options.DType?.Name(),
+            NonFinite = options.NonFinite,
         };
         int threads = Math.Max(1, options.Threads);
         using var root = MergeTelemetry.StartJob(recipe.Source, out _);
-        var job = MergeJob.Create(recipe, jobOptions, new JobEnvironment(null, threads), [], ct);
+        // Planning reads every header and hashes the inputs (minutes for 50 checkpoints): off the caller's thread, which
+        // shows progress and must see a Ctrl-C.
+        using var job = await Task.Run(() => MergeJob.Create(recipe, jobOptions, new JobEnvironment(null, threads), [], ct, progress: progress, known: options.Plan), ct);
+        IReadOnlyList<NonFiniteTensor> nonFinite;
         try
         {
             using (var run = job.OpenRun(progress))
+            {
                 await TaskGraphRun.RunAsync(job.Tasks, threads, task =>
                 {
                     using var span = MergeTelemetry.StartTask(task, attempt: 1, root?.Context ?? default);
                     run.Run(task, attempt: 1, ct);
                 }, job.Release, ct);
+                nonFinite = run.NonFinite();
+            }
             job.Assemble();
         }
         catch (Exception e)
@@ -58,6 +71,7 @@ public static class LocalMerge
             MergeJob.Cleanup(job.Files);
             throw;
         }
+        foreach (var t in nonFinite) options.OnNonFinite?.Invoke(t);
         return job.Plan.OutputPath;
     }
 

@@ -22,6 +22,26 @@ public enum TaskShape
     Auto,
 }
 
+/// <summary>What a merge does with an output tensor that holds NaN or an infinity.</summary>
+public enum NonFinitePolicy
+{
+    /// <summary>Write the file and name the tensors and the inputs they came from.</summary>
+    Warn,
+    /// <summary>Fail the merge: no output is written and an existing one stays as it was.</summary>
+    Error,
+    /// <summary>Write the file without checking.</summary>
+    Keep,
+}
+
+/// <summary>An output tensor with NaN or infinite values, and the models whose tensor holds such values; none means the merge itself overflowed.</summary>
+public sealed record NonFiniteTensor(string Key, IReadOnlyList<string> Inputs, DType Output)
+{
+    /// <summary>Where the values came from, for messages.</summary>
+    public string Cause => Inputs.Count == 0
+        ? $"no input holds such values there: the result overflowed {Output.Name()}"
+        : $"model{(Inputs.Count > 1 ? "s" : "")} {string.Join(", ", Inputs.Select(i => $"'{i}'"))} hold{(Inputs.Count > 1 ? "" : "s")} such values there";
+}
+
 /// <summary>Per-job settings that do not change the output's bits.</summary>
 public sealed record MergeJobOptions
 {
@@ -33,6 +53,7 @@ public sealed record MergeJobOptions
     public bool HashInputs { get; init; } = true;
     /// <summary>Output dtype overriding the recipe's (f16, bf16, f32, f64); a `.mecha` recipe names none.</summary>
     public string? DType { get; init; }
+    public NonFinitePolicy NonFinite { get; init; } = NonFinitePolicy.Warn;
 }
 
 /// <summary>Where a job's files go and how its paths are opened on this machine.</summary>
@@ -42,9 +63,12 @@ public sealed record JobEnvironment(Func<string, string>? Resolve = null, int Th
 
 /// <summary>
 /// The files a planned job owns: the preallocated temporary output (created exclusively, under an unpredictable name,
-/// beside the output) and, for a tree, the scratch directory of its partial sums. Job state, never derived from an id.
+/// beside the output; see <see cref="OutputTemp"/>) with its identity, and, for a tree, the scratch directory of its
+/// partial sums. Job state, never derived from an id: whoever schedules the job persists it and hands it to every
+/// machine that runs a task, assembles or cleans up, and they open the temporary output only while it is still the file
+/// <see cref="TempIdentity"/> names, never through a link.
 /// </summary>
-public sealed record MergeJobFiles(string TempOutput, string? Scratch);
+public sealed record MergeJobFiles(string TempOutput, string? Scratch, FileIdentity TempIdentity);
 
 /// <summary>The task kinds; new merge methods that cannot be summed in a tree run as <see cref="Fused"/> tasks.</summary>
 public static class TaskKinds
@@ -68,8 +92,12 @@ public sealed record MergeTask(int Index, string Name, string Kind, int Shard, i
 /// assemble (verify, fsync, rename) or clean up. The embedded <c>merge</c> runs the tasks on its threads, the
 /// cluster's job grain on shard grains; both give the same file bit for bit.
 /// </summary>
-public sealed class MergeJob
+public sealed class MergeJob : IDisposable
 {
+    // The embedded merge's temporary output, kept open and locked by this process from creation to rename, so that a
+    // later run sweeping the directory knows it for a live run's. A cluster job's file is closed at once: it outlives this process.
+    private SafetensorsWriter? _created;
+
     private MergeJob(MergePlan plan, MergeJobOptions options, TaskShape shape, MergeJobFiles files)
     {
         Plan = plan;
@@ -93,27 +121,51 @@ public sealed class MergeJob
     public string Digest { get; }
 
     /// <summary>
-    /// Plans a job and preallocates its output. <paramref name="heldModels"/> are the model file names each silo holds,
-    /// which decide an <see cref="TaskShape.Auto"/> shape.
+    /// Plans a job (every input header checked first; an output that is an input by file identity refused), hashes its
+    /// inputs (cancellable, reported to <paramref name="progress"/>) and preallocates its output exclusively under a
+    /// random name. <paramref name="heldModels"/> are the model file names each silo holds, which decide an
+    /// <see cref="TaskShape.Auto"/> shape. <paramref name="clusterJob"/>: the cluster's id of the job, whose temporary
+    /// output is named after it and outlives this process; without it this process owns the job from creation to
+    /// rename (the embedded merge): its temporary output stays open and locked, and stale ones of dead runs beside the
+    /// output are removed first. <paramref name="known"/>: a plan the caller already made of this recipe and output
+    /// (to check or print it), used instead of reading every header again.
     /// </summary>
-    public static MergeJob Create(Recipe recipe, MergeJobOptions options, JobEnvironment environment, IReadOnlyList<IReadOnlyCollection<string>> heldModels, CancellationToken ct = default)
+    public static MergeJob Create(Recipe recipe, MergeJobOptions options, JobEnvironment environment, IReadOnlyList<IReadOnlyCollection<string>> heldModels,
+        CancellationToken ct = default, long? clusterJob = null, MergeProgress? progress = null, MergePlan? known = null)
     {
-        var plan = Planner.Create(recipe, PlanOptionsFor(recipe, options, environment, null));
+        var planOptions = PlanOptionsFor(recipe, options, environment, null);
+        var plan = known is not null && known.Recipe.Text == recipe.Text && known.Recipe.Directory == recipe.Directory
+            && (planOptions.OutputPath is null || planOptions.OutputPath == known.OutputPath) && !known.Metadata.ContainsKey(MergeMetadata.Inputs)
+            && (planOptions.OutputDType is null || planOptions.OutputDType == known.Recipe.Output.DType)
+            ? Planner.Reshard(known, options.ShardBytes)
+            : Planner.Create(recipe, planOptions);
         if (options.HashInputs)
-            plan = Planner.Create(recipe, PlanOptionsFor(recipe, options, environment, InputHashes.Compute(plan.Inputs, Math.Max(1, environment.Threads))));
+            plan = Planner.WithInputHashes(plan, InputHashes.Compute(plan.Inputs, Math.Max(1, environment.Threads), ct, progress), options.ShardBytes);
         ct.ThrowIfCancellationRequested();
-        RefuseOverwritingInput(plan);
         var shape = options.Shape == TaskShape.Auto ? ShapeFor(plan, heldModels) : options.Shape;
-        string temp;
-        using (var writer = SafetensorsWriter.Create(plan.OutputPath, plan.Layout))
-            temp = writer.Detach();
+        SafetensorsWriter? writer = SafetensorsWriter.Create(plan.OutputPath, plan.Layout, clusterJob);
         string? scratch = null;
-        if (shape == TaskShape.Tree)
+        try
         {
-            scratch = temp[..^".tmp".Length] + ".scratch";
-            Directory.CreateDirectory(scratch);
+            if (shape == TaskShape.Tree)
+            {
+                scratch = writer.TempPath[..^".tmp".Length] + ".scratch";
+                RegularFile.CreateDirectory(scratch);
+            }
+            var files = new MergeJobFiles(writer.TempPath, scratch, writer.TempIdentity);
+            if (clusterJob is not null)
+            {
+                writer.Detach();
+                writer = null;
+            }
+            return new MergeJob(plan, options, shape, files) { _created = writer };
         }
-        return new MergeJob(plan, options, shape, new MergeJobFiles(temp, scratch));
+        catch
+        {
+            writer?.Dispose();
+            if (scratch is not null) DeleteScratch(new MergeJobFiles("", scratch, default));
+            throw;
+        }
     }
 
     /// <summary>
@@ -122,8 +174,11 @@ public sealed class MergeJob
     /// </summary>
     public static MergeJob Open(Recipe recipe, MergeJobOptions options, TaskShape shape, MergeJobFiles files, JobEnvironment environment, string? digest = null)
     {
-        var header = SafetensorsFile.ReadHeader(files.TempOutput, out long length);
-        var hashes = header.Metadata.TryGetValue(MergeMetadata.Inputs, out string? json) ? MergeMetadata.ParseInputs(json) : null;
+        SafetensorsHeader header;
+        long length;
+        using (var handle = RegularFile.OpenOwned(files.TempOutput, files.TempIdentity, write: false))
+            header = SafetensorsFile.ReadHeader(handle, files.TempOutput, out length);
+        var hashes = header.Metadata.TryGetValue(MergeMetadata.Inputs, out string? json) ? MergeMetadata.ParseInputs(json, files.TempOutput) : null;
         var plan = Planner.Create(recipe, PlanOptionsFor(recipe, options, environment, hashes));
         var job = new MergeJob(plan, options, shape, files);
         if (plan.Layout.DataStart != header.DataStart || plan.Layout.TotalLength != length || (digest is not null && digest != job.Digest))
@@ -161,23 +216,45 @@ public sealed class MergeJob
     public void Assemble()
     {
         string temp = Files.TempOutput;
-        if (File.Exists(temp))
+        if (_created is { } writer)
         {
-            var header = SafetensorsFile.ReadHeader(temp, out long length);
-            if (header.Tensors.Length != Plan.Tensors.Length || header.DataStart != Plan.Layout.DataStart || length != Plan.Layout.TotalLength)
-                throw new MergeException($"{temp}: assembled output does not match the plan");
-            SafetensorsWriter.CommitExisting(temp, Plan.OutputPath);
+            Verify(writer.Handle);
+            writer.Commit();
+            writer.Dispose();
+            _created = null;
         }
-        else if (!File.Exists(Plan.OutputPath))
+        else if (RegularFile.IdentityOf(temp) is not null)
+        {
+            using (var handle = RegularFile.OpenOwned(temp, Files.TempIdentity, write: false)) Verify(handle);
+            SafetensorsWriter.CommitExisting(temp, Files.TempIdentity, Plan.OutputPath);
+        }
+        else if (RegularFile.IdentityOf(Plan.OutputPath) != Files.TempIdentity)
             throw new MergeException($"{Plan.OutputPath}: the job's temporary output {temp} is gone");
         DeleteScratch(Files);
     }
 
-    /// <summary>Removes a failed or cancelled job's temporary output and scratch; what is already gone is skipped.</summary>
+    private void Verify(Microsoft.Win32.SafeHandles.SafeFileHandle temp)
+    {
+        var header = SafetensorsFile.ReadHeader(temp, Files.TempOutput, out long length);
+        if (header.Tensors.Length != Plan.Tensors.Length || header.DataStart != Plan.Layout.DataStart || length != Plan.Layout.TotalLength)
+            throw new MergeException($"{Files.TempOutput}: assembled output does not match the plan");
+    }
+
+    /// <summary>
+    /// Removes a failed or cancelled job's temporary output (only while it is still the file the plan created) and
+    /// scratch; what is already gone is skipped.
+    /// </summary>
     public static void Cleanup(MergeJobFiles files)
     {
-        TryDelete(files.TempOutput);
+        RegularFile.DeleteIfOwned(files.TempOutput, files.TempIdentity);
         DeleteScratch(files);
+    }
+
+    /// <summary>An embedded job's temporary output goes with it unless it was assembled; a cluster job's stays for its cleanup.</summary>
+    public void Dispose()
+    {
+        _created?.Dispose();
+        _created = null;
     }
 
     /// <summary>
@@ -308,17 +385,15 @@ public sealed class MergeJob
         };
     }
 
-    private static void RefuseOverwritingInput(MergePlan plan)
-    {
-        foreach (var input in plan.Inputs)
-            if (input.Length > 0 && string.Equals(Path.GetFullPath(input.Path), plan.OutputPath, StringComparison.Ordinal))
-                throw new MergeException($"{plan.OutputPath}: the output would overwrite input model '{input.Name}'");
-    }
-
     private static void DeleteScratch(MergeJobFiles files)
     {
         if (files.Scratch is not { } dir) return;
-        try { if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true); }
+        try
+        {
+            // The directory planning created, not whatever a link put in its place.
+            if (new DirectoryInfo(dir) is { Exists: true, LinkTarget: null }) Directory.Delete(dir, recursive: true);
+            else if (File.Exists(dir)) File.Delete(dir);
+        }
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
     }

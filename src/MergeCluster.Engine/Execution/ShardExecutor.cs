@@ -43,6 +43,12 @@ public sealed unsafe class ShardExecutor
     /// <summary>Bytes this executor wrote to the output and partials.</summary>
     public long BytesWritten { get; private set; }
 
+    /// <summary>
+    /// Told of each output tensor with a NaN or infinite value (one from an input, or an overflow when rounding),
+    /// found on the float64 results while they are in cache; null skips the check.
+    /// </summary>
+    public Action<PlannedTensor>? NonFinite { get; init; }
+
     public ShardExecutor(MergePlan plan, InputSet inputs, MergeProgress? progress = null, int chunkElements = DefaultChunkElements)
         : this([plan], inputs, progress, chunkElements) { }
 
@@ -105,6 +111,7 @@ public sealed unsafe class ShardExecutor
             return;
         }
         int outSize = tensor.Output.DType.Size();
+        bool finite = true;
         for (long start = 0; start < tensor.ElementCount; start += _chunk)
         {
             int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
@@ -116,10 +123,12 @@ public sealed unsafe class ShardExecutor
                 if (!ReductionTree.Reduce(_present, _groups, _plan.GroupCount, m))
                     throw new InvalidOperationException($"tensor '{tensor.Output.Key}' has no terms");
                 MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
+                finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType);
             }
             ReleaseTerms(tensor, -1, start, n);
             WriteOutput(tensor, start, n, targets);
         }
+        if (!finite) NonFinite!(tensor);
     }
 
     /// <summary>A leaf of the cluster's tree: the float64 partial sum of one group over the shard, written to <paramref name="partial"/>.</summary>
@@ -189,6 +198,7 @@ public sealed unsafe class ShardExecutor
             if (root is null || rootData is null || !root.Has(tensor))
                 throw new InvalidOperationException($"root partial lacks '{tensor.Output.Key}'");
             int outSize = tensor.Output.DType.Size();
+            bool finite = true;
             for (long start = 0; start < tensor.ElementCount; start += _chunk)
             {
                 int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
@@ -197,9 +207,11 @@ public sealed unsafe class ShardExecutor
                     int m = Math.Min(_block, n - b);
                     ReadDoubles(rootData, _groups[0].AsSpan(0, m));
                     MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
+                    finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType);
                 }
                 WriteOutput(tensor, start, n, _single);
             }
+            if (!finite) NonFinite!(tensor);
         }
     }
 
@@ -212,6 +224,7 @@ public sealed unsafe class ShardExecutor
         var context = new TensorContext(tensor.Output.Key, tensor.Output.Shape, tensor.Terms.Length);
         var io = new ProgramIo(this, tensor, targets);
         _programs.Run(tensor.Program!, context, _chunk, io, io, ct);
+        if (!io.Finite) NonFinite!(tensor);
     }
 
     /// <summary>The executor's windows as a program's source and its output buffer as the sink.</summary>
@@ -235,8 +248,14 @@ public sealed unsafe class ShardExecutor
 
         public void Release(long start, int count) => executor.ReleaseTerms(tensor, -1, start, count);
 
-        public void Write(int offset, ReadOnlySpan<double> values) =>
+        /// <summary>False once a written value is NaN or infinite, or overflows the output dtype (checked only when someone asked).</summary>
+        public bool Finite { get; private set; } = true;
+
+        public void Write(int offset, ReadOnlySpan<double> values)
+        {
             DTypeConvert.FromFloat64(values, tensor.Output.DType, executor._out.AsSpan(offset * _outSize, values.Length * _outSize));
+            Finite = Finite && executor.Finite(values, tensor.Output.DType);
+        }
 
         public void Flush(long start, int count)
         {
@@ -314,6 +333,7 @@ public sealed unsafe class ShardExecutor
         var term = tensor.Terms[0];
         var from = term.Tensor.DType;
         var to = tensor.Output.DType;
+        bool finite = true;
         for (long start = 0; start < tensor.ElementCount; start += _chunk)
         {
             ct.ThrowIfCancellationRequested();
@@ -324,6 +344,7 @@ public sealed unsafe class ShardExecutor
             if (from == to)
             {
                 foreach (var target in targets) target.Writer.Write(target.Tensor, start * to.Size(), raw);
+                finite = finite && (NonFinite is null || !to.IsFloat() || DTypeConvert.CountNonFinite(to, raw) == 0);
             }
             else
             {
@@ -333,13 +354,18 @@ public sealed unsafe class ShardExecutor
                     var values = _groups[0].AsSpan(0, m);
                     DTypeConvert.ToFloat64(from, raw.Slice(b * from.Size(), m * from.Size()), values);
                     DTypeConvert.FromFloat64(values, to, _out.AsSpan(b * to.Size(), m * to.Size()));
+                    finite = finite && Finite(values, to);
                 }
                 foreach (var target in targets) target.Writer.Write(target.Tensor, start * to.Size(), _out.AsSpan(0, n * to.Size()));
             }
             _inputs.Release(term, start * from.Size(), raw.Length);
             _progress?.Add(raw.Length, (long)n * to.Size() * targets.Length, tensor.Component);
         }
+        if (!finite) NonFinite!(tensor);
     }
+
+    /// <summary>Whether a block of results rounds to finite values; always true when nobody asked (<see cref="NonFinite"/> is null).</summary>
+    private bool Finite(ReadOnlySpan<double> results, DType output) => NonFinite is null || DTypeConvert.RoundsFinite(results, output);
 
     private void ReadDoubles(Stream stream, Span<double> destination)
     {
@@ -373,11 +399,7 @@ internal static partial class Writeback
             begin = Math.Min(begin, output.Layout.FileOffset(t));
             end = Math.Max(end, output.Layout.FileOffset(t) + t.ByteLength);
         }
-        try
-        {
-            using var handle = File.OpenHandle(output.TempPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-            SyncFileRange(handle, begin, end - begin, SyncFileRangeWrite);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or EntryPointNotFoundException or DllNotFoundException) { }
+        try { SyncFileRange(output.Handle, begin, end - begin, SyncFileRangeWrite); }
+        catch (Exception e) when (e is ObjectDisposedException or EntryPointNotFoundException or DllNotFoundException) { }
     }
 }

@@ -60,13 +60,23 @@ public sealed class SweepJob
     }
 
     /// <summary>
-    /// Plans every candidate (reading each input header once), hashes the inputs once, and checks that the output
-    /// directory has room for all candidates, before any tensor is read.
+    /// Plans every candidate (reading each input header once; a candidate whose output is one of the recipe's models
+    /// by file identity is refused, as `merge` refuses it), hashes the inputs once (cancellable, reported to
+    /// <paramref name="progress"/>), and checks that the output directory has room for all candidates, before any
+    /// tensor is read.
     /// </summary>
-    public static SweepJob Create(Recipe recipe, SweepMode mode, Component component, string outputDir, bool hashInputs, int threads, long maxShardBytes = 256L << 20)
+    public static SweepJob Create(Recipe recipe, SweepMode mode, Component component, string outputDir, bool hashInputs, int threads,
+        long maxShardBytes = 256L << 20, MergeProgress? progress = null, CancellationToken ct = default)
     {
-        var headers = new ConcurrentDictionary<string, (SafetensorsHeader, long)>(StringComparer.Ordinal);
-        (SafetensorsHeader, long) Read(string path) => headers.GetOrAdd(path, p => (SafetensorsFile.ReadHeader(p, out long length), length));
+        var headers = new Dictionary<FileIdentity, (SafetensorsHeader Header, long Length)>();
+        SafetensorsHeader Read(string path)
+        {
+            using var handle = SafetensorsFile.OpenChecked(path);
+            var identity = RegularFile.Identity(handle);
+            if (!headers.TryGetValue(identity, out var seen))
+                headers[identity] = seen = (SafetensorsFile.ReadHeader(handle, path, out long length), length);
+            return seen.Header;
+        }
 
         var skipped = ImmutableArray<string>.Empty;
         IReadOnlyList<RecipeVariant> variants;
@@ -80,7 +90,7 @@ public sealed class SweepJob
             {
                 string path = recipe.ModelPath(i);
                 if (!File.Exists(path)) throw new MergeException($"{recipe.Source}:{recipe.Models[i].Line}: model '{recipe.Models[i].Name}': {path}: file not found");
-                var (header, _) = Read(path);
+                var header = Read(path);
                 (header.Keys.Any(k => ModelArchitecture.Unknown.ComponentOf(k) == component) ? holding : lacking).Add(recipe.Models[i].Name);
             }
             if (holding.Count == 0) throw new MergeException($"{recipe.Source}: no model of the recipe holds component {component.Name()}");
@@ -94,14 +104,16 @@ public sealed class SweepJob
             string output = CandidatePath(recipe.Source, mode, component, variant.Model, outputDir);
             string text = RecipeVariants.WithOutputPath(variant.Text, Path.GetRelativePath(recipe.Directory, output));
             var candidate = Recipe.Parse(text, recipe.Directory, $"{recipe.Source} (candidate {Path.GetFileName(output)})");
-            var plan = Planner.Create(candidate, new PlanOptions { ReadHeader = Read });
+            // Every candidate lists all the recipe's models, so planning refuses an output that is any of them.
+            var plan = Planner.Create(candidate, new PlanOptions { Headers = headers });
             parsed.Add((variant.Model, candidate, plan));
         }
 
         // Room first, before the inputs are hashed (which reads them): the hashes only lengthen each header a little.
         CheckRoom(outputDir, parsed.Count, parsed.Sum(p => p.Plan.OutputBytes + HashesBytes(p.Plan)));
         var inputs = Union(parsed.Select(p => p.Plan).ToList());
-        var hashes = hashInputs ? InputHashes.Compute(inputs, threads) : null;
+        var hashes = hashInputs ? InputHashes.Compute(inputs, threads, ct, progress) : null;
+        ct.ThrowIfCancellationRequested();
         var candidates = ImmutableArray.CreateBuilder<SweepCandidate>(parsed.Count);
         foreach (var (model, candidate, first) in parsed)
         {
@@ -110,11 +122,8 @@ public sealed class SweepJob
             {
                 // Each candidate records the hashes of the inputs it reads, as its own merge would.
                 var own = first.Inputs.Where(i => i.Length > 0).ToDictionary(i => i.Name, i => hashes[i.Name], StringComparer.Ordinal);
-                plan = Planner.Create(candidate, new PlanOptions { ReadHeader = Read, InputHashes = own });
+                plan = Planner.Create(candidate, new PlanOptions { Headers = headers, InputHashes = own });
             }
-            foreach (var input in inputs)
-                if (input.Length > 0 && string.Equals(input.Path, plan.OutputPath, StringComparison.Ordinal))
-                    throw new MergeException($"{plan.OutputPath}: candidate '{model}' would overwrite input model '{input.Name}'");
             candidates.Add(new SweepCandidate(model, candidate, plan));
         }
 

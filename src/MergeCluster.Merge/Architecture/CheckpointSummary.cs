@@ -86,13 +86,13 @@ public sealed class CheckpointSummary
         var work = new List<Action>();
         if (hashes)
         {
-            work.Add(() => sha256 = ModelHashes.FullSha256(file.Path));
+            work.Add(() => sha256 = ModelHashes.FullSha256(file.Path, cancellation));
             work.Add(() => legacy = ModelHashes.Legacy(file.Path));
             for (int i = 0; i < shown.Length; i++)
             {
                 int index = i;
                 if (byComponent.TryGetValue(shown[i], out var tensors))
-                    work.Add(() => contentHashes[index] = ModelHashes.Content(file, tensors.Select(t => t.Key)));
+                    work.Add(() => contentHashes[index] = ModelHashes.Content(file, tensors.Select(t => t.Key), cancellation));
             }
         }
         if (nonFinite is not null)
@@ -118,42 +118,20 @@ public sealed class CheckpointSummary
         return new CheckpointSummary(file, detection, components, sha256, legacy, nonFinite);
     }
 
-    /// <summary>Counts NaN and ±Inf in every floating-point tensor, tensors in parallel, windows of bounded size.</summary>
+    /// <summary>Counts NaN and ±Inf in every floating-point tensor from their bits, tensors in parallel, windows of bounded size.</summary>
     private static void ScanNonFinite(SafetensorsFile file, Dictionary<string, long> result, CancellationToken cancellation)
     {
         var floats = file.Tensors.Where(t => t.DType.IsFloat() && t.ElementCount > 0).ToArray();
         var counts = new long[floats.Length];
-        Parallel.For(0, floats.Length, new ParallelOptions { CancellationToken = cancellation },
-            () => new float[ScanWindow],
-            (i, _, buffer) =>
-            {
-                var t = floats[i];
-                int size = t.DType.Size();
-                long count = 0;
-                for (long first = 0; first < t.ElementCount; first += ScanWindow)
-                {
-                    int n = (int)Math.Min(ScanWindow, t.ElementCount - first);
-                    DTypeConvert.ToFloat32(t.DType, file.Bytes(t, first * size, n * size), buffer.AsSpan(0, n));
-                    count += CountNonFinite(buffer.AsSpan(0, n));
-                }
-                counts[i] = count;
-                return buffer;
-            },
-            _ => { });
+        Parallel.For(0, floats.Length, new ParallelOptions { CancellationToken = cancellation }, i =>
+        {
+            var t = floats[i];
+            long window = (long)ScanWindow * t.DType.Size(), count = 0;
+            for (long first = 0; first < t.ByteLength; first += window)
+                count += DTypeConvert.CountNonFinite(t.DType, file.Bytes(t, first, (int)Math.Min(window, t.ByteLength - first)));
+            counts[i] = count;
+        });
         for (int i = 0; i < floats.Length; i++)
             if (counts[i] > 0) result[floats[i].Key] = counts[i];
-    }
-
-    /// <summary>x - x is 0 exactly for finite x and NaN for NaN and ±Inf, which makes the test one vector compare.</summary>
-    private static long CountNonFinite(ReadOnlySpan<float> values)
-    {
-        var vectors = MemoryMarshal.Cast<float, Vector<float>>(values);
-        var finite = Vector<int>.Zero;
-        foreach (var v in vectors)
-            finite -= Vector.Equals(v - v, Vector<float>.Zero);
-        long count = values.Length - Vector.Sum(finite);
-        for (int i = vectors.Length * Vector<float>.Count; i < values.Length; i++)
-            if (float.IsFinite(values[i])) count--;
-        return count;
     }
 }

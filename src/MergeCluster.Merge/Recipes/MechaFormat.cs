@@ -17,6 +17,11 @@ namespace MergeCluster.Merge.Recipes;
 public static class MechaFormat
 {
     public const string Version = "0.1.0";
+    /// <summary>
+    /// Deepest chain of merges a recipe may have (a chain of 40 pairwise merges needs 40): the tree is planned
+    /// recursively, and a recipe can come from a downloaded file's metadata.
+    /// </summary>
+    public const int MaxDepth = 256;
     private const string Header = "version " + Version;
     private const string Singleton = "singleton-mecha";
 
@@ -44,7 +49,7 @@ public static class MechaFormat
     private sealed record Constant(object? Value) : Value;
     private sealed record Dict(ImmutableDictionary<string, object?> Entries) : Value;
     private sealed record SingletonLiteral(object? Value) : Value;
-    private sealed record Node(RecipeNode Recipe, MergeSpace Space) : Value;
+    private sealed record Node(RecipeNode Recipe, MergeSpace Space, int Depth = 1) : Value;
 
     private sealed class Reader(string text, string directory, string source)
     {
@@ -71,7 +76,7 @@ public static class MechaFormat
                 throw new MergeException($"{source}:{_line}: the last instruction must be a model or a merge (the recipe itself)");
             if (root.Space != MergeSpace.Weight)
                 throw new MergeException($"{source}:{_line}: the recipe's result is a delta, not a model (add it to a base with add_difference)");
-            return Recipe.FromTree(source, directory, text, [.. _models], root.Recipe, _config!, new RecipeOutput("", DType.F16, 0));
+            return Recipe.FromTree(source, directory, text, [.. _models], root.Recipe, _config!, new RecipeOutput(null, DType.F16, 0));
         }
 
         private Value Instruction(string line)
@@ -125,6 +130,8 @@ public static class MechaFormat
         {
             if (positional.Count != 1 || positional[0].Value is not Constant { Value: string path })
                 throw Error(positional.FirstOrDefault().Token ?? "model", "model takes one quoted path");
+            // As in a YAML recipe: no file name holds a NUL, and the C calls that open files would cut the path there.
+            if (path.Contains('\0')) throw Error(path.Replace("\0", "\\0"), "model path contains a NUL character");
             ModelArchitecture? config = null;
             var space = MergeSpace.Weight;
             foreach (var (name, token, value) in named)
@@ -207,7 +214,9 @@ public static class MechaFormat
             Check(method, arguments, methodName);
 
             var space = Space(method, inputs, methodName);
-            return new Node(new MergeNode(method, [.. inputs.Select(n => n.Recipe)], arguments, _line), space);
+            int depth = 1 + inputs.Max(n => n.Depth);
+            if (depth > MaxDepth) throw Error(methodName, $"the recipe chains more than {MaxDepth} merges");
+            return new Node(new MergeNode(method, [.. inputs.Select(n => n.Recipe)], arguments, _line), space, depth);
         }
 
         private void Check(MergeMethodDefinition method, MethodArguments arguments, string word)

@@ -33,8 +33,8 @@ public sealed record ComponentRule(
 /// <summary>The language a recipe is written in.</summary>
 public enum RecipeFormat { Yaml, Mecha }
 
-/// <summary>Where the merged checkpoint goes and the dtype its float tensors are rounded to.</summary>
-public sealed record RecipeOutput(string Path, DType DType, int Line);
+/// <summary>Where the merged checkpoint goes (null when the recipe leaves it to `-o`) and the dtype its float tensors are rounded to.</summary>
+public sealed record RecipeOutput(string? Path, DType DType, int Line);
 
 /// <summary>
 /// A merge recipe: named models, an optional base, one rule per component, the output, and the reduction group size
@@ -45,6 +45,10 @@ public sealed class Recipe
     /// <summary>The rule key that covers every component without a rule of its own.</summary>
     public const string AllComponents = "all";
     public const int DefaultReduceGroup = 8;
+    /// <summary>Largest recipe file read: a recipe of 1,000 models is about 50 KB, and its text goes into the output's header.</summary>
+    public const long MaxBytes = 1 << 20;
+
+    private readonly Dictionary<string, int> _modelIndex;
 
     internal Recipe(string source, string directory, string text, ImmutableArray<RecipeModel> models, string? baseModel,
         MissingPolicy missing, ImmutableDictionary<string, ComponentRule> components, RecipeOutput output, int reduceGroup)
@@ -58,6 +62,8 @@ public sealed class Recipe
         Components = components;
         Output = output;
         ReduceGroup = reduceGroup;
+        _modelIndex = new Dictionary<string, int>(models.Length, StringComparer.Ordinal);
+        for (int i = 0; i < models.Length; i++) _modelIndex.TryAdd(models[i].Name, i);
     }
 
     /// <summary>The file (or label) the recipe came from, for error messages.</summary>
@@ -78,15 +84,17 @@ public sealed class Recipe
     public RecipeOutput Output { get; }
     public int ReduceGroup { get; }
 
-    public int ModelIndex(string name)
-    {
-        for (int i = 0; i < Models.Length; i++)
-            if (Models[i].Name == name) return i;
-        return -1;
-    }
+    public int ModelIndex(string name) => _modelIndex.TryGetValue(name, out int i) ? i : -1;
 
     public string ModelPath(int index) => ResolvePath(Models[index].Path);
-    public string OutputPath => ResolvePath(Output.Path);
+
+    /// <summary>The output's absolute path; a recipe whose output names only a dtype needs `-o`.</summary>
+    public string OutputPath => ResolvePath(OutputPathAsWritten);
+
+    /// <summary>The output path as the recipe writes it (relative to <see cref="Directory"/>).</summary>
+    public string OutputPathAsWritten => Output.Path ?? throw new MergeException(Format == RecipeFormat.Mecha
+        ? $"{Source}: the recipe names no output file (a .mecha recipe never does): give -o OUT"
+        : $"{Source}:{Output.Line}: output has no path; give output.path in the recipe or -o OUT");
 
     public string ResolvePath(string path) => System.IO.Path.GetFullPath(System.IO.Path.Combine(Directory, path));
 
@@ -98,17 +106,23 @@ public sealed class Recipe
     {
         string full = System.IO.Path.GetFullPath(path);
         string text;
-        try { text = File.ReadAllText(full); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        // A regular file only: a FIFO named as the recipe is refused instead of blocking the command forever.
+        try { text = RegularFile.ReadText(full, MaxBytes, "the recipe"); }
+        catch (SafetensorsException e)
         {
-            throw new MergeException($"{path}: cannot read recipe: {(e is FileNotFoundException ? "file not found" : e.Message)}", e);
+            throw new MergeException($"{path}: cannot read recipe: {e.Detail}", e);
         }
         return Parse(text, System.IO.Path.GetDirectoryName(full)!, path);
     }
 
     /// <summary>Parses YAML, or sd-mecha's .mecha format when the text starts with its `version` line.</summary>
-    public static Recipe Parse(string text, string directory, string source) =>
-        MechaFormat.IsMecha(text) ? MechaFormat.Parse(text, directory, source) : RecipeParser.Parse(text, directory, source);
+    public static Recipe Parse(string text, string directory, string source)
+    {
+        // A recipe can arrive inside a downloaded checkpoint (--from-metadata): bounded before either format is parsed.
+        if (text.Length > MaxBytes)
+            throw new MergeException($"{source}: the recipe is {text.Length:N0} characters, over the {MaxBytes:N0} limit");
+        return MechaFormat.IsMecha(text) ? MechaFormat.Parse(text, directory, source) : RecipeParser.Parse(text, directory, source);
+    }
 
     /// <summary>A .mecha recipe: one tree, its models, no rules; the output comes from the command line.</summary>
     internal static Recipe FromTree(string source, string directory, string text, ImmutableArray<RecipeModel> models, RecipeNode tree,

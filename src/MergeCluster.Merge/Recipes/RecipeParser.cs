@@ -4,6 +4,7 @@ using MergeCluster.Merge.Architecture;
 using MergeCluster.Merge.Methods;
 using MergeCluster.Safetensors;
 using YamlDotNet.Core;
+using YamlDotNet.Core.Events;
 using YamlDotNet.RepresentationModel;
 
 namespace MergeCluster.Merge.Recipes;
@@ -13,11 +14,16 @@ internal static class RecipeParser
 {
     private static readonly string[] TopLevelKeys = ["models", "base", "missing", "components", "output", "reduce"];
 
+    /// <summary>Deepest nesting of mappings and sequences a recipe may have; real recipes need 4.</summary>
+    public const int MaxDepth = 32;
+
     public static Recipe Parse(string text, string directory, string source)
     {
         YamlMappingNode root;
+        long line = 1;
         try
         {
+            CheckStructure(text, source, ref line);
             var stream = new YamlStream();
             stream.Load(new StringReader(text));
             if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode map)
@@ -27,6 +33,12 @@ internal static class RecipeParser
         catch (YamlException e)
         {
             throw new MergeException($"{source}:{e.Start.Line}: invalid YAML: {OneLine(e.Message)}", e);
+        }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException)
+        {
+            // YamlDotNet's scanner and loader throw these too for some malformed input (found by fuzzing: a tag that
+            // is no URI, an escape past U+10FFFF, a stray document marker). Still bad input: one line, the last line read.
+            throw new MergeException($"{source}:{line}: invalid YAML: {OneLine(e.Message)}", e);
         }
 
         var ctx = new Context(source);
@@ -50,12 +62,20 @@ internal static class RecipeParser
         var components = ParseComponents(ctx, root, models, baseName);
         var output = ParseOutput(ctx, root);
         int group = Recipe.DefaultReduceGroup;
-        if (Find(root, "reduce") is YamlMappingNode reduce && Find(reduce, "group") is { } g)
+        if (Find(root, "reduce") is YamlMappingNode reduce)
         {
-            group = ctx.Int(g, "reduce.group");
-            if (group < 1) throw ctx.Error(g, "reduce.group must be at least 1");
+            foreach (var (k, _) in reduce.Children)
+            {
+                string key = ctx.Scalar(k, "key");
+                if (key != "group") throw ctx.Error(k, $"unknown reduce field '{key}' (expected group)");
+            }
+            if (Find(reduce, "group") is { } g)
+            {
+                group = ctx.Int(g, "reduce.group");
+                if (group < 1) throw ctx.Error(g, "reduce.group must be at least 1");
+            }
         }
-        else if (Find(root, "reduce") is { } bad and not YamlMappingNode)
+        else if (Find(root, "reduce") is { } bad)
             throw ctx.Error(bad, "reduce must be a mapping, e.g. reduce: { group: 8 }");
 
         if (missing == MissingPolicy.Base && baseName is null && Find(root, "missing") is { } mNode)
@@ -76,8 +96,7 @@ internal static class RecipeParser
         {
             string name = ctx.Scalar(k, "model name");
             if (!names.Add(name)) throw ctx.Error(k, $"model '{name}' is named twice");
-            string path = ctx.Scalar(v, $"path of model '{name}'");
-            if (path.Length == 0) throw ctx.Error(v, $"model '{name}' has an empty path");
+            string path = ctx.Path(v, $"path of model '{name}'");
             list.Add(new RecipeModel(name, path, Line(k)));
         }
         return list.ToImmutable();
@@ -242,18 +261,15 @@ internal static class RecipeParser
     private static RecipeOutput ParseOutput(Context ctx, YamlMappingNode root)
     {
         if (Find(root, "output") is not { } node) throw ctx.Error(root, "recipe has no output: section");
-        if (node is YamlScalarNode scalar) return new RecipeOutput(ctx.Scalar(scalar, "output"), DType.F16, Line(node));
+        if (node is YamlScalarNode scalar) return new RecipeOutput(OutputPath(ctx, scalar), DType.F16, Line(node));
         if (node is not YamlMappingNode map) throw ctx.Error(node, "output must be a path or { path: ..., dtype: ... }");
         foreach (var (k, _) in map.Children)
         {
             string key = ctx.Scalar(k, "key");
             if (key is not ("path" or "dtype")) throw ctx.Error(k, $"unknown output field '{key}' (expected path, dtype)");
         }
-        var pathNode = Find(map, "path") ?? throw ctx.Error(map, "output has no path");
-        string path = ctx.Scalar(pathNode, "output path");
-        if (path.Length == 0) throw ctx.Error(pathNode, "output path is empty");
-        if (path.EndsWith(".ckpt", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".pt", StringComparison.OrdinalIgnoreCase))
-            throw ctx.Error(pathNode, "output must be a .safetensors file; pickle checkpoints are never written");
+        // Without a path the output is given on the command line (`-o`); planning says so if it is not.
+        string? path = Find(map, "path") is { } pathNode ? OutputPath(ctx, pathNode) : null;
         var dtype = DType.F16;
         if (Find(map, "dtype") is { } dNode)
         {
@@ -262,6 +278,55 @@ internal static class RecipeParser
                 throw ctx.Error(dNode, $"unknown output dtype '{name}' (expected f16, bf16, f32 or f64)");
         }
         return new RecipeOutput(path, dtype, Line(node));
+    }
+
+    private static string OutputPath(Context ctx, YamlNode node)
+    {
+        string path = ctx.Path(node, "output path");
+        if (SafetensorsFile.IsPickleExtension(path))
+            throw ctx.Error(node, $"output '{path}' must be a .safetensors file; pickle checkpoints are never written");
+        return path;
+    }
+
+    /// <summary>
+    /// Walks the YAML events (YamlDotNet's parser keeps an explicit stack, unlike loading into nodes, which recurses)
+    /// and refuses, with the line, what loading or reading the nodes could not survive or would silently ignore:
+    /// nesting deeper than <see cref="MaxDepth"/>, a second document, anchors and aliases (which can make a node its own
+    /// child), and a key given twice in one mapping.
+    /// </summary>
+    private static void CheckStructure(string text, string source, ref long lastLine)
+    {
+        var parser = new Parser(new StringReader(text));
+        // Per open collection: null for a sequence, else the mapping's keys so far and whether a key comes next.
+        var open = new Stack<(HashSet<string>? Keys, bool KeyNext)>();
+        int documents = 0;
+        while (parser.MoveNext())
+        {
+            var e = parser.Current!;
+            long line = lastLine = e.Start.Line;
+            switch (e)
+            {
+                case DocumentStart when ++documents > 1:
+                    throw new MergeException($"{source}:{line}: a second YAML document; a recipe is one document");
+                case AnchorAlias:
+                    throw new MergeException($"{source}:{line}: YAML aliases (*name) are not allowed in a recipe; write the value out");
+                case NodeEvent { Anchor.IsEmpty: false }:
+                    throw new MergeException($"{source}:{line}: YAML anchors (&name) are not allowed in a recipe; write the value out");
+            }
+            if (e is Scalar or SequenceStart or MappingStart && open.TryPop(out var parent))
+            {
+                if (parent.Keys is not null && parent.KeyNext && e is Scalar key && !parent.Keys.Add(key.Value))
+                    throw new MergeException($"{source}:{line}: '{key.Value}' is given twice in one mapping");
+                open.Push((parent.Keys, parent.Keys is not null && !parent.KeyNext));
+            }
+            if (e is SequenceStart or MappingStart)
+            {
+                if (open.Count >= MaxDepth)
+                    throw new MergeException($"{source}:{line}: the recipe nests deeper than {MaxDepth} levels");
+                open.Push((e is MappingStart ? new HashSet<string>(StringComparer.Ordinal) : null, true));
+            }
+            else if (e is SequenceEnd or MappingEnd) open.Pop();
+        }
     }
 
     internal static YamlNode? Find(YamlMappingNode map, string key)
@@ -282,6 +347,15 @@ internal static class RecipeParser
 
         public string Scalar(YamlNode node, string what) =>
             node is YamlScalarNode s ? s.Value ?? "" : throw Error(node, $"{what} must be a single value");
+
+        /// <summary>A file path: not empty, and without a NUL, which no file name can hold.</summary>
+        public string Path(YamlNode node, string what)
+        {
+            string path = Scalar(node, what);
+            if (path.Length == 0) throw Error(node, $"{what} is empty");
+            if (path.Contains('\0')) throw Error(node, $"{what} contains a NUL character");
+            return path;
+        }
 
         public double Double(YamlNode node, string what)
         {

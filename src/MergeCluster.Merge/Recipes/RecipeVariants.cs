@@ -56,9 +56,10 @@ public static class RecipeVariants
     {
         var stream = Load(text, "recipe");
         var root = (YamlMappingNode)stream.Documents[0].RootNode;
-        if (!root.Children.TryGetValue(new YamlScalarNode("output"), out var output) || output is not YamlMappingNode map)
-            throw new MergeException("recipe has no output: mapping");
-        map.Children[new YamlScalarNode("path")] = new YamlScalarNode(path);
+        var key = new YamlScalarNode("output");
+        if (root.Children.TryGetValue(key, out var output) && output is YamlMappingNode map) map.Children[new YamlScalarNode("path")] = new YamlScalarNode(path);
+        else if (output is YamlScalarNode) root.Children[key] = new YamlScalarNode(path); // `output: out.safetensors`
+        else throw new MergeException("recipe has no output: path or mapping");
         return Save(stream);
     }
 

@@ -201,13 +201,13 @@ public class InspectCommandTests(InspectFiles files) : IClassFixture<InspectFile
         string truncated = Path.Combine(files.Directory, "truncated.safetensors");
         byte[] bytes = File.ReadAllBytes(files.Full);
         File.WriteAllBytes(truncated, bytes[..(bytes.Length - 100)]);
-        AssertOneLineError(Support.Cli.Run("inspect", truncated), truncated);
+        Support.Cli.Run("inspect", truncated).AssertOneLineError(truncated);
 
         string garbage = Path.Combine(files.Directory, "garbage.safetensors");
         File.WriteAllBytes(garbage, Encoding.ASCII.GetBytes("\x10\0\0\0\0\0\0\0{\"a\": [1, 2, 3"));
-        AssertOneLineError(Support.Cli.Run("inspect", "--json", garbage), garbage);
+        Support.Cli.Run("inspect", "--json", garbage).AssertOneLineError(garbage);
 
-        AssertOneLineError(Support.Cli.Run("inspect", Path.Combine(files.Directory, "absent.safetensors")), "absent.safetensors");
+        Support.Cli.Run("inspect", Path.Combine(files.Directory, "absent.safetensors")).AssertOneLineError("absent.safetensors");
     }
 
     [Fact]
@@ -216,17 +216,7 @@ public class InspectCommandTests(InspectFiles files) : IClassFixture<InspectFile
         string ckpt = Path.Combine(files.Directory, "model.ckpt");
         File.Copy(files.Full, ckpt, overwrite: true);
         var result = Support.Cli.Run("inspect", ckpt);
-        AssertOneLineError(result, ckpt);
+        result.AssertOneLineError(ckpt);
         Assert.Contains("pickle", result.Stderr);
-    }
-
-    internal static void AssertOneLineError(CliResult result, string mentions)
-    {
-        Assert.NotEqual(0, result.ExitCode);
-        var lines = result.StderrLines;
-        Assert.True(lines.Length == 1, $"expected one line on stderr, got:\n{result.Stderr}");
-        Assert.StartsWith("error: ", lines[0]);
-        Assert.Contains(mentions, lines[0]);
-        Assert.DoesNotContain("   at ", result.Stderr + result.Stdout);
     }
 }

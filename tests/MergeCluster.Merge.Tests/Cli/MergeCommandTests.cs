@@ -30,8 +30,6 @@ public class MergeCommandTests : IDisposable
 
     private CliResult Run(params string[] args) => Support.Cli.Run(args, _dir.Path, _env);
 
-    private static void AssertOneLineError(CliResult r, params string[] mentions) => r.AssertOneLineError(mentions);
-
     [Fact]
     public void Merge_writes_the_output_with_replayable_metadata_and_replay_is_bit_identical()
     {
@@ -57,7 +55,7 @@ public class MergeCommandTests : IDisposable
         Run("merge", Recipe("components:\n  all: { method: mean, models: [a, b] }\noutput: out.safetensors\n")).EnsureSuccess();
         Checkpoints.Write(_dir.File("a.safetensors"), 77, DType.F16);
         var r = Run("merge", "--from-metadata", _dir.File("out.safetensors"), "-o", _dir.File("again.safetensors"));
-        AssertOneLineError(r, "out.safetensors", "a (", "a.safetensors");
+        r.AssertOneLineError("out.safetensors", "a (", "a.safetensors");
         Assert.False(File.Exists(_dir.File("again.safetensors")));
     }
 
@@ -76,7 +74,7 @@ public class MergeCommandTests : IDisposable
     public void Recipe_mistakes_are_one_line_with_the_yaml_line()
     {
         var r = Run("merge", Recipe("components:\n  unet: { method: mean, models: [a, nobody] }\noutput: out.safetensors\n"));
-        AssertOneLineError(r, "recipe.yaml:7:", "unknown model 'nobody'");
+        r.AssertOneLineError("recipe.yaml:7:", "unknown model 'nobody'");
     }
 
     [Fact]
@@ -86,7 +84,7 @@ public class MergeCommandTests : IDisposable
         // A download cut short: the header promises more data than the file holds.
         using (var f = new FileStream(_dir.File("b.safetensors"), FileMode.Open)) f.SetLength(f.Length - 10);
         var r = Run("merge", Recipe("components:\n  all: { method: mean, models: [a, b] }\noutput: out.safetensors\n"));
-        AssertOneLineError(r, "b.safetensors");
+        r.AssertOneLineError("b.safetensors");
         Assert.Equal("the previous merge", File.ReadAllText(_dir.File("out.safetensors")));
         Assert.Empty(Directory.GetFiles(_dir.Path, "*.tmp"));
     }
@@ -97,7 +95,7 @@ public class MergeCommandTests : IDisposable
         File.WriteAllBytes(_dir.File("evil.ckpt"), [0x80, 0x02, 0x63, 0x6f, 0x73]);
         File.WriteAllText(_dir.File("recipe.yaml"), "models:\n  a: a.safetensors\n  evil: evil.ckpt\ncomponents:\n  all: { method: mean, models: [a, evil] }\noutput: out.safetensors\n");
         var r = Run("merge", _dir.File("recipe.yaml"));
-        AssertOneLineError(r, "evil.ckpt", "pickle");
+        r.AssertOneLineError("evil.ckpt", "pickle");
     }
 
     [Fact]
@@ -106,6 +104,21 @@ public class MergeCommandTests : IDisposable
         var tensors = Checkpoints.SdxlLike(DType.F16).Select(t => t.Key == "model.diffusion_model.input_blocks.0.0.weight" ? t with { Shape = [32, 9, 3, 3] } : t).ToList();
         Checkpoints.Write(_dir.File("b.safetensors"), 2, DType.F16, tensors: tensors);
         var r = Run("merge", Recipe("components:\n  all: { method: mean, models: [a, b] }\noutput: out.safetensors\n"));
-        AssertOneLineError(r, "model.diffusion_model.input_blocks.0.0.weight", "'a'", "'b'");
+        r.AssertOneLineError("model.diffusion_model.input_blocks.0.0.weight", "'a'", "'b'");
+    }
+
+    [Fact]
+    public void Non_finite_values_in_the_output_are_named_or_refused_as_asked()
+    {
+        const string key = "model.diffusion_model.input_blocks.0.0.weight";
+        CheckpointEdits.Patch(_dir.File("a.safetensors"), key, 2, [0x00, 0x7C]); // +Inf in F16
+        string recipe = Recipe("components:\n  all: { method: mean, models: [a, b] }\noutput: out.safetensors\n");
+        var warned = Run("merge", recipe, "--no-hash").EnsureSuccess();
+        Assert.Equal([$"warning: {_dir.File("out.safetensors")}: tensor '{key}' has NaN or infinite values: model 'a' holds such values there"], warned.StderrLines);
+
+        File.WriteAllText(_dir.File("out.safetensors"), "the previous merge");
+        Run("merge", recipe, "--no-hash", "--nonfinite", "error").AssertOneLineError(key, "model 'a'", "writes nothing");
+        Assert.Equal("the previous merge", File.ReadAllText(_dir.File("out.safetensors")));
+        Assert.Empty(Run("merge", recipe, "--no-hash", "--nonfinite", "keep").EnsureSuccess().Stderr);
     }
 }

@@ -37,11 +37,10 @@ public class SynthCommandTests
         using var dir = new TempDirectory();
         string target = dir.File("keep.safetensors");
         File.WriteAllText(target, "previous contents");
-        InspectCommandTests.AssertOneLineError(
-            Support.Cli.Run("synth", "--arch", "sdxl", "--seed", "1", "--scale", "0.05", "--drop-prefix", "cond_stage_model.", "-o", target),
-            "cond_stage_model.");
-        InspectCommandTests.AssertOneLineError(Support.Cli.Run("synth", "--arch", "sdxl", "--seed", "1", "--scale", "0", "-o", target), "scale");
-        InspectCommandTests.AssertOneLineError(Support.Cli.Run("synth", "--arch", "sdxl", "--seed", "1", "-o", dir.File("x.ckpt")), "x.ckpt");
+        Support.Cli.Run("synth", "--arch", "sdxl", "--seed", "1", "--scale", "0.05", "--drop-prefix", "cond_stage_model.", "-o", target)
+            .AssertOneLineError("cond_stage_model.");
+        Support.Cli.Run("synth", "--arch", "sdxl", "--seed", "1", "--scale", "0", "-o", target).AssertOneLineError("scale");
+        Support.Cli.Run("synth", "--arch", "sdxl", "--seed", "1", "-o", dir.File("x.ckpt")).AssertOneLineError("x.ckpt");
         Assert.Equal("previous contents", File.ReadAllText(target));
         Assert.Equal([target], Directory.GetFiles(dir.Path));
 

@@ -107,4 +107,53 @@ public class RecipeTests
         Assert.Equal(SafetensorsError.PickleRefused, e.Error);
         Assert.Contains("x01.ckpt", e.Message);
     }
+
+    private const string Small = "models:\n  a: a.safetensors\ncomponents:\n  all: { method: copy, model: a }\noutput: out.safetensors\n";
+
+    [Theory]
+    [InlineData("deep", "r.yaml:1:", "nests deeper than 32 levels")]
+    [InlineData("deep-block", "r.yaml:", "nests deeper than 32 levels")]
+    [InlineData("second document", "r.yaml:6:", "second YAML document")]
+    [InlineData("anchor", "r.yaml:2:", "anchors")]
+    [InlineData("alias", "r.yaml:4:", "aliases")]
+    [InlineData("duplicate key", "r.yaml:3:", "'a' is given twice")]
+    [InlineData("unknown reduce field", "r.yaml:6:", "unknown reduce field 'groop'")]
+    [InlineData("nul in output", "r.yaml:5:", "NUL")]
+    public void Hostile_yaml_is_one_line_with_its_line(string what, string at, string message)
+    {
+        string text = what switch
+        {
+            "deep" => new string('[', 60_000),
+            "deep-block" => string.Concat(Enumerable.Range(0, 40).Select(i => new string(' ', i) + $"k{i}:\n")) + new string(' ', 40) + "x",
+            "second document" => Small + "---\nmodels: {}\n",
+            "anchor" => Small.Replace("a: a.safetensors", "a: &p a.safetensors"),
+            "alias" => Small.Replace("model: a }", "model: *p }"),
+            "duplicate key" => Small.Replace("a: a.safetensors\n", "a: a.safetensors\n  a: b.safetensors\n"),
+            "unknown reduce field" => Small + "reduce: { groop: 3 }\n",
+            _ => Small.Replace("output: out.safetensors", "output: \"out\\0.safetensors\""),
+        };
+        var e = Assert.Throws<MergeException>(() => Recipe.Parse(text, "/data", "r.yaml"));
+        Assert.StartsWith(at, e.Message);
+        Assert.Contains(message, e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+    }
+
+    [Fact]
+    public void A_recipe_over_a_megabyte_is_refused_before_it_is_parsed()
+    {
+        var e = Assert.Throws<MergeException>(() => Recipe.Parse(Small + "# " + new string('x', 1 << 20) + "\n", "/data", "r.yaml"));
+        Assert.Contains("over the 1,048,576 limit", e.Message);
+    }
+
+    [Fact]
+    public void Any_reduction_group_size_plans_without_overflow_and_equals_one_group()
+    {
+        using var dir = new TempDirectory();
+        Checkpoints.Write(dir.File("a.safetensors"), 1, DType.F16);
+        Checkpoints.Write(dir.File("b.safetensors"), 2, DType.F16);
+        string text = "models:\n  a: a.safetensors\n  b: b.safetensors\ncomponents:\n  all: { method: mean, models: [a, b] }\noutput: out.safetensors\nreduce: { group: 2147483647 }\n";
+        var plan = Planner.Create(Recipe.Parse(text, dir.Path, "r.yaml"));
+        Assert.Equal(1, plan.GroupCount);
+        Assert.All(plan.Tensors.SelectMany(t => t.Terms), term => Assert.Equal(0, term.Group));
+    }
 }

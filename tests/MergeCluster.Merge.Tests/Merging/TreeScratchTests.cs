@@ -68,7 +68,7 @@ public class TaskShapeTests
 
         // A job whose auto shape turns out a tree gets the scratch directory its leaves write into, and its own
         // temporary output; cleanup removes both.
-        var job = MergeJob.Create(recipe, new MergeJobOptions { HashInputs = false }, new JobEnvironment(), [Holds("m0.safetensors"), Holds("m1.safetensors")]);
+        using var job = MergeJob.Create(recipe, new MergeJobOptions { HashInputs = false }, new JobEnvironment(), [Holds("m0.safetensors"), Holds("m1.safetensors")]);
         Assert.Equal(TaskShape.Tree, job.Shape);
         Assert.Contains(job.Tasks, t => t.Kind == TaskKinds.Leaf);
         Assert.True(Directory.Exists(job.Files.Scratch));
@@ -76,5 +76,6 @@ public class TaskShapeTests
         MergeJob.Cleanup(job.Files);
         Assert.False(Directory.Exists(job.Files.Scratch));
         Assert.False(File.Exists(job.Files.TempOutput));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(dir.Path, ".*"));
     }
 }

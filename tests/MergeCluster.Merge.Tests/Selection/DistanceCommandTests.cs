@@ -167,4 +167,23 @@ public class DistanceCommandTests : IDisposable
 
         Run("distance", _dir.File("a.safetensors"), _dir.File("b.safetensors"), "--component", "clip").AssertOneLineError("clip");
     }
+
+    /// <summary>Reports and plots are written as a merge's output is: a temporary file, renamed over a link planted at the name.</summary>
+    [Fact]
+    public void Reports_and_plots_never_write_through_a_planted_symlink()
+    {
+        string dir = _dir.File("out");
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(_dir.File("victim.txt"), "the victim's file");
+        string[] planted = ["distances.json", "unet.csv", "unet-heatmap.png", "te0-mds.png"];
+        foreach (string name in planted) File.CreateSymbolicLink(Path.Combine(dir, name), _dir.File("victim.txt"));
+
+        Run(["distance", .. ModelArgs(), "--base", _dir.File("base.safetensors"), "-o", dir, "--threads", "1"]).EnsureSuccess();
+
+        Assert.Equal("the victim's file", File.ReadAllText(_dir.File("victim.txt")));
+        foreach (string name in planted) Assert.Null(new FileInfo(Path.Combine(dir, name)).LinkTarget);
+        PngSize(Path.Combine(dir, "unet-heatmap.png"));
+        JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "distances.json")));
+        Assert.Empty(Directory.GetFiles(dir, ".*"));
+    }
 }

@@ -58,7 +58,8 @@ public class SweepCommandTests : IDisposable
             File.WriteAllText(recipePath, recipe);
             Run("merge", recipePath, "-o", _dir.File("reference.safetensors"), "--threads", "1").EnsureSuccess();
             Assert.True(File.ReadAllBytes(_dir.File("reference.safetensors")).AsSpan().SequenceEqual(File.ReadAllBytes(candidate)), $"{file} differs from the merge of its own recipe");
-            Run("merge", "--from-metadata", candidate, "-o", _dir.File("replay.safetensors")).EnsureSuccess();
+            // The models are not beside the candidates: a replay looks for them where it is told.
+            Run("merge", "--from-metadata", candidate, "--models-dir", _dir.Path, "-o", _dir.File("replay.safetensors")).EnsureSuccess();
             Assert.True(File.ReadAllBytes(_dir.File("replay.safetensors")).AsSpan().SequenceEqual(File.ReadAllBytes(candidate)), $"{file}: replay differs");
         }
     }
@@ -148,5 +149,65 @@ public class SweepCommandTests : IDisposable
         {
             Run(args).AssertOneLineError(mention);
         }
+    }
+
+    /// <summary>Candidates are written as `merge` writes: exclusive random temporary files, never through a planted link.</summary>
+    [Fact]
+    public void A_symlink_planted_at_a_candidate_or_a_temporary_name_is_never_written_through()
+    {
+        string dir = _dir.File("out");
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(_dir.File("victim.txt"), "the victim's file");
+        File.CreateSymbolicLink(Path.Combine(dir, "mix-minus-a.safetensors"), _dir.File("victim.txt"));
+        File.CreateSymbolicLink(Path.Combine(dir, ".mix-minus-b.safetensors.tmp"), _dir.File("victim.txt"));
+        Run("sweep", _dir.File("mix.yaml"), "--leave-one-out", "vae", "-o", dir, "--no-hash").EnsureSuccess();
+        Assert.Equal("the victim's file", File.ReadAllText(_dir.File("victim.txt")));
+        Assert.Null(new FileInfo(Path.Combine(dir, "mix-minus-a.safetensors")).LinkTarget);
+        using (var f = SafetensorsFile.Open(Path.Combine(dir, "mix-minus-a.safetensors"))) Assert.NotEmpty(f.Tensors);
+        Assert.Empty(Directory.GetFiles(dir, ".*.mc-*"));
+    }
+
+    /// <summary>
+    /// A candidate's file that is one of the recipe's models, reached through a linked directory (so the paths differ
+    /// as strings), is refused by file identity before anything is written.
+    /// </summary>
+    [Fact]
+    public void A_candidate_that_is_an_input_under_another_path_is_refused()
+    {
+        File.Copy(_dir.File("a.safetensors"), _dir.File("pair-minus-d.safetensors"));
+        var original = File.ReadAllBytes(_dir.File("pair-minus-d.safetensors"));
+        File.WriteAllText(_dir.File("pair.yaml"), "models:\n  a: pair-minus-d.safetensors\n  d: d.safetensors\ncomponents:\n  all: { method: mean, models: [a, d] }\noutput: pair.safetensors\n"); // the short form of output, as merge takes it
+        Directory.CreateSymbolicLink(_dir.File("linked"), _dir.Path);
+
+        var r = Run("sweep", _dir.File("pair.yaml"), "--leave-one-out", "unet", "-o", _dir.File("linked"), "--no-hash");
+        r.AssertOneLineError("pair-minus-d.safetensors", "model 'a'");
+        Assert.Equal(original, File.ReadAllBytes(_dir.File("pair-minus-d.safetensors")));
+        Assert.False(File.Exists(_dir.File("pair-minus-a.safetensors")));
+        Assert.Empty(Directory.GetFiles(_dir.Path, ".*.mc-*"));
+    }
+
+    [Theory]
+    [InlineData(2, 130, "SIGINT")]
+    [InlineData(15, 143, "SIGTERM")]
+    public async Task A_signal_while_inputs_are_hashed_stops_the_sweep_at_once_and_leaves_nothing(int signal, int exit, string name)
+    {
+        // 2 x 8 GB of holes, hashed one after the other: that takes many seconds, so the signal lands while the hash
+        // runs (and the candidates' 16 GB pass the room check).
+        Posix.SparseCheckpoint(_dir.File("big1.safetensors"), 8L << 30);
+        Posix.SparseCheckpoint(_dir.File("big2.safetensors"), 8L << 30);
+        File.WriteAllText(_dir.File("big.yaml"), "models:\n  big1: big1.safetensors\n  big2: big2.safetensors\ncomponents:\n  all: { method: mean, models: [big1, big2] }\noutput: { path: big.safetensors }\n");
+        string dir = _dir.File("out");
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, "big-minus-big1.safetensors"), "the previous candidate");
+        using var sweep = Support.Cli.Start(["sweep", _dir.File("big.yaml"), "--leave-one-out", "unet", "-o", dir, "--threads", "1"], _dir.Path, _env);
+        await sweep.WaitForStderrAsync("sweep: hashing", TimeSpan.FromMinutes(5));
+        sweep.Signal(signal);
+        var r = await sweep.WaitForExitAsync(TimeSpan.FromMinutes(2));
+
+        Assert.Equal(exit, r.ExitCode);
+        Assert.Equal($"error: interrupted ({name}); existing output files were left untouched and temporary files removed", r.StderrLines[^1]);
+        Assert.Equal(["big-minus-big1.safetensors"], Directory.GetFileSystemEntries(dir).Select(Path.GetFileName));
+        Assert.Equal("the previous candidate", File.ReadAllText(Path.Combine(dir, "big-minus-big1.safetensors")));
+        Assert.False(File.Exists(_dir.File("cache/hashes.tsv")) && File.ReadAllText(_dir.File("cache/hashes.tsv")).Contains("big"));
     }
 }

@@ -18,6 +18,18 @@ public static class CheckpointEdits
         writer.Commit();
     }
 
+    /// <summary>Copies <paramref name="source"/> to <paramref name="target"/> with its metadata changed by <paramref name="edit"/> (tensors as they are).</summary>
+    public static void CopyWithMetadata(string source, string target, Action<Dictionary<string, string>> edit)
+    {
+        using var file = SafetensorsFile.Open(source);
+        var metadata = new Dictionary<string, string>(file.Header.Metadata, StringComparer.Ordinal);
+        edit(metadata);
+        var specs = file.Tensors.Select(t => new TensorSpec(t.Key, t.DType, t.Shape)).ToArray();
+        using var writer = SafetensorsWriter.Create(target, SafetensorsLayout.Create(specs, metadata));
+        foreach (var t in file.Tensors) writer.Write(writer.Layout[t.Key], 0, file.Bytes(t));
+        writer.Commit();
+    }
+
     /// <summary>Writes a file of zero-filled tensors with the given keys, dtypes and shapes.</summary>
     public static void CreateZeroed(string path, IEnumerable<(string Key, DType DType, long[] Shape)> tensors)
     {

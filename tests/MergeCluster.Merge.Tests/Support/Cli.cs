@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 
@@ -23,6 +24,17 @@ public sealed record CliResult(string CommandLine, int ExitCode, string Stdout, 
         return this;
     }
 
+    /// <summary>
+    /// The contract for bad input: a non-zero exit and exactly one line on stderr, "error: ...", mentioning each of
+    /// <paramref name="mentions"/>, and no stack trace.
+    /// </summary>
+    public CliResult AssertOneLineError(params string[] mentions)
+    {
+        string line = SingleErrorLine();
+        foreach (string m in mentions) Assert.Contains(m, line);
+        return this;
+    }
+
     /// <summary>Stderr's non-empty lines.</summary>
     public string[] StderrLines => Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 
@@ -36,13 +48,6 @@ public sealed record CliResult(string CommandLine, int ExitCode, string Stdout, 
         Assert.StartsWith("error: ", lines[0]);
         Assert.DoesNotContain("   at ", Stderr + Stdout);
         return lines[0];
-    }
-
-    /// <summary><see cref="SingleErrorLine"/>, and that line names each of <paramref name="mentions"/>.</summary>
-    public void AssertOneLineError(params string[] mentions)
-    {
-        string line = SingleErrorLine();
-        foreach (string m in mentions) Assert.Contains(m, line);
     }
 }
 
@@ -88,6 +93,15 @@ public static class Cli
         return new CliResult(commandLine, process.ExitCode, stdout.Result, stderr.Result, clock.Elapsed);
     }
 
+    /// <summary>Starts the CLI and returns at once, for tests that signal it while it runs.</summary>
+    public static CliProcess Start(IReadOnlyList<string> args, string workingDirectory, IReadOnlyDictionary<string, string?>? environment = null)
+    {
+        var start = StartInfo(args, workingDirectory);
+        foreach (var (name, value) in environment ?? new Dictionary<string, string?>())
+            start.Environment[name] = value;
+        return new CliProcess("mergecluster " + string.Join(" ", args), Process.Start(start) ?? throw new InvalidOperationException($"cannot start {start.FileName}"));
+    }
+
     private static ProcessStartInfo StartInfo(IReadOnlyList<string> args, string workingDirectory)
     {
         string? custom = Environment.GetEnvironmentVariable("MERGECLUSTER_CLI");
@@ -119,5 +133,81 @@ public static class Cli
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "Cluster.sln"))) return dir.FullName;
         throw new InvalidOperationException($"no Cluster.sln above {AppContext.BaseDirectory}; set MERGECLUSTER_REPO_ROOT");
+    }
+}
+
+/// <summary>A running CLI process: its stderr as it arrives, signals, and its end.</summary>
+public sealed partial class CliProcess : IDisposable
+{
+    private readonly Process _process;
+    private readonly StringBuilder _stderr = new();
+    private readonly Task<string> _stdout;
+    private readonly Task _stderrDone;
+    private readonly SemaphoreSlim _line = new(0);
+
+    private readonly Stopwatch _clock = Stopwatch.StartNew();
+
+    internal CliProcess(string commandLine, Process process)
+    {
+        CommandLine = commandLine;
+        _process = process;
+        process.StandardInput.Close();
+        _stdout = process.StandardOutput.ReadToEndAsync();
+        _stderrDone = Task.Run(async () =>
+        {
+            while (await process.StandardError.ReadLineAsync() is { } line)
+            {
+                lock (_stderr) _stderr.Append(line).Append('\n');
+                _line.Release();
+            }
+            _line.Release();
+        });
+    }
+
+    public string CommandLine { get; }
+    public int Pid => _process.Id;
+
+    /// <summary>Waits until stderr has a line containing <paramref name="text"/>; throws with all output if the process ends first or time runs out.</summary>
+    public async Task WaitForStderrAsync(string text, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (true)
+        {
+            lock (_stderr) if (_stderr.ToString().Contains(text)) return;
+            if (_stderrDone.IsCompleted) throw new InvalidOperationException($"{CommandLine} ended before writing '{text}' on stderr:\n{Stderr}");
+            var left = deadline - DateTime.UtcNow;
+            if (left <= TimeSpan.Zero) throw new TimeoutException($"{CommandLine} did not write '{text}' within {timeout.TotalSeconds:F0} s:\n{Stderr}");
+            await _line.WaitAsync(left);
+        }
+    }
+
+    public string Stderr { get { lock (_stderr) return _stderr.ToString(); } }
+
+    /// <summary>kill(2): SIGINT 2, SIGKILL 9, SIGTERM 15, SIGHUP 1.</summary>
+    public void Signal(int signal)
+    {
+        if (Kill(_process.Id, signal) != 0) throw new InvalidOperationException($"kill -{signal} {_process.Id} failed: errno {Marshal.GetLastPInvokeError()}");
+    }
+
+    public async Task<CliResult> WaitForExitAsync(TimeSpan timeout)
+    {
+        using var cts = new CancellationTokenSource(timeout);
+        try { await _process.WaitForExitAsync(cts.Token); }
+        catch (OperationCanceledException)
+        {
+            _process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"{CommandLine} did not exit within {timeout.TotalSeconds:F0} s:\n{Stderr}");
+        }
+        await _stderrDone;
+        return new CliResult(CommandLine, _process.ExitCode, await _stdout, Stderr, _clock.Elapsed);
+    }
+
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int Kill(int pid, int signal);
+
+    public void Dispose()
+    {
+        if (!_process.HasExited) _process.Kill(entireProcessTree: true);
+        _process.Dispose();
     }
 }

@@ -1,0 +1,34 @@
+using System.Runtime.InteropServices;
+
+namespace MergeCluster.Merge.Tests.Support;
+
+/// <summary>File system calls .NET does not offer, for planting the files a hostile directory holds.</summary>
+public static partial class Posix
+{
+    [LibraryImport("libc", EntryPoint = "link", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int LinkFile(string existing, string created);
+
+    [LibraryImport("libc", EntryPoint = "mkfifo", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int MakeFifo(string path, int mode);
+
+    /// <summary>A hard link: a second name for the same inode.</summary>
+    public static void HardLink(string existing, string created)
+    {
+        if (LinkFile(existing, created) != 0) throw new IOException($"link {created}: errno {Marshal.GetLastPInvokeError()}");
+    }
+
+    /// <summary>A named pipe: opening it for reading blocks until a writer comes.</summary>
+    public static void Fifo(string path)
+    {
+        if (MakeFifo(path, 0x1B6) != 0) throw new IOException($"mkfifo {path}: errno {Marshal.GetLastPInvokeError()}");
+    }
+
+    /// <summary>A file of <paramref name="tensorBytes"/> zero bytes of F16 data, sparse (no disk blocks): slow to read in full, cheap to have.</summary>
+    public static void SparseCheckpoint(string path, long tensorBytes)
+    {
+        var layout = Safetensors.SafetensorsLayout.Create([new Safetensors.TensorSpec("model.diffusion_model.out.2.weight", Safetensors.DType.F16, [tensorBytes / 2])], null);
+        using var stream = new FileStream(path, FileMode.CreateNew);
+        stream.Write(layout.HeaderBytes);
+        stream.SetLength(layout.TotalLength);
+    }
+}
