@@ -101,7 +101,7 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
                     }
                     catch (PartialSumMissingException e)
                     {
-                        throw new RedoException(e, lease.Run.Job.ProducerOf(e.Shard, e.Node).Index);
+                        throw new RedoException(e, ((MergeJob)lease.Run.Job).ProducerOf(e.Shard, e.Node).Index);
                     }
                 }
             }, ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);

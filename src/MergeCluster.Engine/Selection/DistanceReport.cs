@@ -110,6 +110,28 @@ public sealed class DistanceReport
         };
     }
 
+    /// <summary>
+    /// Writes distances.json, a CSV per component and block, and the PNG plots into <paramref name="dir"/> (created if
+    /// needed), each whole under a temporary name and renamed, so a reader never sees half a report; returns the files.
+    /// </summary>
+    public IReadOnlyList<string> WriteFiles(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        var written = new List<string> { WriteText(Path.Combine(dir, "distances.json"), ToJson()) };
+        foreach (var c in Components) written.Add(WriteText(Path.Combine(dir, $"{c.Name}.csv"), ToCsv(c)));
+        foreach (var b in Blocks) written.Add(WriteText(Path.Combine(dir, $"block-{b.Name}.csv"), ToCsv(b)));
+        written.AddRange(DistancePlots.Write(this, dir));
+        return written;
+    }
+
+    private static string WriteText(string path, string text)
+    {
+        string temp = Path.Combine(Path.GetDirectoryName(path)!, $".{Path.GetFileName(path)}.{Guid.NewGuid():N}.tmp");
+        File.WriteAllText(temp, text);
+        File.Move(temp, path, overwrite: true);
+        return path;
+    }
+
     /// <summary>Distances to the base (or, without one, to the first model) of every model, per matrix.</summary>
     public static double[] ToReference(DistanceMatrix matrix) => Enumerable.Range(0, matrix.L2.GetLength(0)).Select(i => matrix.L2[0, i]).ToArray();
 

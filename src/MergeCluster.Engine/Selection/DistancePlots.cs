@@ -1,7 +1,6 @@
-using MergeCluster.Engine.Selection;
 using ScottPlot;
 
-namespace MergeCluster.Cli;
+namespace MergeCluster.Engine.Selection;
 
 /// <summary>The PNG plots of a distance report: heatmaps, distance to the base, an MDS map, distance per block.</summary>
 public static class DistancePlots
