@@ -58,7 +58,8 @@ public class SweepCommandTests : IDisposable
             File.WriteAllText(recipePath, recipe);
             Run("merge", recipePath, "-o", _dir.File("reference.safetensors"), "--threads", "1").EnsureSuccess();
             Assert.True(File.ReadAllBytes(_dir.File("reference.safetensors")).AsSpan().SequenceEqual(File.ReadAllBytes(candidate)), $"{file} differs from the merge of its own recipe");
-            Run("merge", "--from-metadata", candidate, "-o", _dir.File("replay.safetensors")).EnsureSuccess();
+            // The candidates lie in a directory of their own: their recipe's model paths resolve against the models' one.
+            Run("merge", "--from-metadata", candidate, "--models-dir", _dir.Path, "-o", _dir.File("replay.safetensors")).EnsureSuccess();
             Assert.True(File.ReadAllBytes(_dir.File("replay.safetensors")).AsSpan().SequenceEqual(File.ReadAllBytes(candidate)), $"{file}: replay differs");
         }
     }
