@@ -69,6 +69,16 @@ public sealed class DistancePlan
         return i * (2 * Count - i - 1) / 2 + (j - i - 1);
     }
 
+    /// <summary>`unet,te0`; `te` names SD1's text encoder (te0).</summary>
+    public static IReadOnlyList<Component>? ParseComponents(string? text)
+    {
+        if (string.IsNullOrWhiteSpace(text)) return null;
+        var list = new List<Component>();
+        foreach (string part in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+            list.Add(part == "te" ? Component.Te0 : Merge.Architecture.Components.Parse(part));
+        return list;
+    }
+
     /// <summary>The model name of a file: its file name without `.safetensors`.</summary>
     public static string NameOf(string path)
     {

@@ -90,6 +90,14 @@ public sealed class JobGrainTests(ITestOutputHelper output) : IAsyncLifetime
         return new Held(held);
     }
 
+    /// <summary>Replaces a model with its first bytes only, as a broken copy would leave it.</summary>
+    private static async Task CutShortAsync(string model)
+    {
+        var bytes = await File.ReadAllBytesAsync(model);
+        await File.WriteAllBytesAsync(model + ".new", bytes[..^4096]);
+        File.Move(model + ".new", model, overwrite: true);
+    }
+
     private sealed class Held(List<IDisposable> slots) : IDisposable
     {
         public void Dispose() { foreach (var s in slots) s.Dispose(); }
@@ -161,10 +169,7 @@ public sealed class JobGrainTests(ITestOutputHelper output) : IAsyncLifetime
             id = await SubmitAsync(cluster, "fused");
             await WaitAsync(cluster, id, s => s.Tasks.Running > 0, "hands out its tasks");
             // Planned: now one input is cut short, as a broken copy would be. Each attempt sees it on opening the job.
-            var model = _root.File("models/m3.safetensors");
-            var bytes = await File.ReadAllBytesAsync(model);
-            await File.WriteAllBytesAsync(model + ".new", bytes[..^4096]);
-            File.Move(model + ".new", model, overwrite: true);
+            await CutShortAsync(_root.File("models/m3.safetensors"));
         }
         var end = await EndAsync(cluster, id);
 
@@ -196,5 +201,33 @@ public sealed class JobGrainTests(ITestOutputHelper output) : IAsyncLifetime
             Assert.Empty(Directory.GetFileSystemEntries(_root.File("out")));
             output.WriteLine($"{running.Tasks.Total} tasks planned, cancelled with {running.Tasks.Running} handed out");
         }
+    }
+
+    [Fact]
+    public async Task A_failing_sweep_removes_every_candidate_and_commits_none()
+    {
+        var cluster = await StartAsync([], []);
+        string dir = _root.File("out/sweep");
+        long id;
+        using (await HoldSlotsAsync(cluster))
+        {
+            var options = new MergeJobOptions { Shape = TaskShape.Fused, ShardBytes = 1 << 20, HashInputs = true };
+            var selection = new SelectionSettings(JobKinds.Sweep, dir, Mode: "leave-one-out", Component: "unet");
+            var submission = new JobSubmission(await File.ReadAllTextAsync(_recipe), _root.Path, _recipe, options.ToSettings(), null, selection);
+            id = await cluster.Client.GetGrain<IJobRegistryGrain>(0).Submit(submission);
+            var running = await WaitAsync(cluster, id, s => s.Tasks.Running > 0, "hands out its tasks");
+            Assert.Equal("sweep", running.Kind);
+            // Every candidate's temporary output is preallocated before a task runs, under a name of the job's.
+            var temps = Directory.GetFileSystemEntries(dir).Select(Path.GetFileName).ToList();
+            Assert.Equal(5, temps.Count);
+            Assert.All(temps, t => Assert.Matches($@"^\.recipe-minus-\w+\.safetensors\.mc-job{id}-[0-9a-f]{{16}}\.tmp$", t));
+            // Then an input is cut short: every attempt of every task sees it on opening the job.
+            await CutShortAsync(_root.File("models/m3.safetensors"));
+        }
+        var end = await EndAsync(cluster, id);
+        Assert.Equal(JobPhase.Failed, end.State);
+        Assert.Matches(@"^task s\d+/sweep failed after 3 attempts: .*m3\.safetensors: ", end.Error);
+        // No candidate, whole or partial, and no temporary file.
+        Assert.Empty(Directory.GetFileSystemEntries(dir));
     }
 }

@@ -24,15 +24,21 @@ public static class DistanceCommand
         var output = new Option<DirectoryInfo?>("--output", "-o") { Description = "Directory for distances.json, a CSV per component and the PNG plots" };
         var json = new Option<bool>("--json") { Description = "Print the distances.json object on stdout" };
         var threads = new Option<int>("--threads", "-j") { Description = "Worker threads", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var shardMb = new Option<int>("--shard-mb")
+        {
+            Description = "input megabytes per shard: the sums are added per shard, then over shards in order, so the same value gives the same bits on any machine (the cluster's `submit --kind distance` too)",
+            DefaultValueFactory = _ => (int)(DistancePlan.ShardBytes >> 20),
+        };
 
         var command = new Command("distance", "L2 distance and cosine similarity between every pair of models, per component (and UNET block), in one streaming pass")
         {
-            modelsArg, baseOption, componentOption, blocks, output, json, threads,
+            modelsArg, baseOption, componentOption, blocks, output, json, threads, shardMb,
         };
         command.SetAction(async (parse, ct) =>
         {
-            var components = ParseComponents(parse.GetValue(componentOption));
-            var plan = DistancePlan.Create(parse.GetValue(modelsArg)!, parse.GetValue(baseOption), components, parse.GetValue(blocks));
+            var components = DistancePlan.ParseComponents(parse.GetValue(componentOption));
+            var plan = DistancePlan.Create(parse.GetValue(modelsArg)!, parse.GetValue(baseOption), components, parse.GetValue(blocks),
+                Math.Max(1, parse.GetValue(shardMb)) * (1L << 20));
             string? dir = parse.GetValue(output)?.FullName;
             if (dir is not null) Directory.CreateDirectory(dir);
 
@@ -44,14 +50,7 @@ public static class DistanceCommand
             double seconds = clock.Elapsed.TotalSeconds;
             var report = DistanceReport.Create(plan, stats!);
 
-            var written = new List<string>();
-            if (dir is not null)
-            {
-                written.Add(WriteText(Path.Combine(dir, "distances.json"), report.ToJson()));
-                foreach (var c in report.Components) written.Add(WriteText(Path.Combine(dir, $"{c.Name}.csv"), report.ToCsv(c)));
-                foreach (var b in report.Blocks) written.Add(WriteText(Path.Combine(dir, $"block-{b.Name}.csv"), report.ToCsv(b)));
-                written.AddRange(DistancePlots.Write(report, dir));
-            }
+            var written = dir is null ? [] : report.WriteFiles(dir);
             if (parse.GetValue(json))
             {
                 Console.WriteLine(report.ToJson());
@@ -61,22 +60,6 @@ public static class DistanceCommand
             return 0;
         });
         return command;
-    }
-
-    /// <summary>`unet,te0`; `te` names SD1's text encoder (te0).</summary>
-    private static IReadOnlyList<Component>? ParseComponents(string? text)
-    {
-        if (string.IsNullOrWhiteSpace(text)) return null;
-        var list = new List<Component>();
-        foreach (string part in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
-            list.Add(part == "te" ? Component.Te0 : Components.Parse(part));
-        return list;
-    }
-
-    private static string WriteText(string path, string text)
-    {
-        OutputTemp.WriteWhole(path, System.Text.Encoding.UTF8.GetBytes(text));
-        return path;
     }
 
     private static void PrintSummary(DistanceReport report, DistancePlan plan, long bytes, double seconds, IReadOnlyList<string> written)

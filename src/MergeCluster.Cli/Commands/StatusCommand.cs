@@ -70,6 +70,7 @@ public static class StatusCommand
     {
         ["job"] = s.Job,
         ["state"] = StateName(s.State),
+        ["kind"] = s.Kind,
         ["tasks"] = new JsonObject { ["pending"] = s.Tasks.Pending, ["running"] = s.Tasks.Running, ["done"] = s.Tasks.Done, ["failed"] = s.Tasks.Failed },
         ["error"] = s.Error,
         ["cleaning_up"] = s.CleaningUp,
@@ -91,7 +92,7 @@ public static class StatusCommand
     private static void PrintJob(ClusterConnection connection, JobStatus s)
     {
         Console.WriteLine($"storage: {connection.Settings.Storage.Display}; cluster {connection.Settings.ClusterId}");
-        Console.WriteLine($"job {s.Job}: {StateName(s.State)}{(s.CleaningUp ? " (cleaning up)" : "")}");
+        Console.WriteLine($"job {s.Job}: {s.Kind}, {StateName(s.State)}{(s.CleaningUp ? " (cleaning up)" : "")}");
         if (s.RecipeDirectory is not null) Console.WriteLine($"  recipe directory: {Terminal.Escape(s.RecipeDirectory)}");
         if (s.Output is not null) Console.WriteLine($"  output: {Terminal.Escape(s.Output)} ({s.Shape?.ToLowerInvariant()} tasks)");
         Console.WriteLine($"  submitted {s.SubmittedAt:u}{(s.FinishedAt is { } f && s.SubmittedAt is { } b ? $", finished {f:u} after {(f - b).TotalSeconds:0.0} s" : "")}");

@@ -2,14 +2,58 @@ using System.Collections.Immutable;
 
 namespace MergeCluster.Cluster.Contracts;
 
-/// <summary>What a client submits: the recipe as written, where its relative paths resolve, and the job's settings.</summary>
+/// <summary>
+/// What a client submits: the recipe as written, where its relative paths resolve, and the job's settings;
+/// <see cref="Selection"/> makes it a distance map or a sweep instead of a merge (a distance job has no recipe: its
+/// text is empty and its source names the job).
+/// </summary>
 [GenerateSerializer, Immutable, Alias("mergecluster.JobSubmission")]
 public sealed record JobSubmission(
     [property: Id(0)] string RecipeText,
     [property: Id(1)] string RecipeDirectory,
     [property: Id(2)] string RecipeSource,
     [property: Id(3)] JobSettings Settings,
-    [property: Id(4)] string? TraceParent);
+    [property: Id(4)] string? TraceParent,
+    [property: Id(5)] SelectionSettings? Selection = null)
+{
+    /// <summary><see cref="JobKinds.Merge"/>, <see cref="JobKinds.Distance"/> or <see cref="JobKinds.Sweep"/>.</summary>
+    public string Kind => Selection?.Kind ?? JobKinds.Merge;
+}
+
+/// <summary>What a job computes.</summary>
+public static class JobKinds
+{
+    public const string Merge = "merge", Distance = "distance", Sweep = "sweep";
+}
+
+/// <summary>
+/// A distance or sweep job's own options, those of the `distance` and `sweep` commands: paths absolute, as the
+/// silos see them.
+/// </summary>
+/// <param name="Kind"><see cref="JobKinds.Distance"/> or <see cref="JobKinds.Sweep"/>.</param>
+/// <param name="OutputDirectory">distances.json, CSVs and plots; or the candidates.</param>
+/// <param name="Models">distance: the models compared, in argument order.</param>
+/// <param name="Base">distance: the reference model, listed first.</param>
+/// <param name="Components">distance: comma-separated components (null: all).</param>
+/// <param name="Blocks">distance: per UNET block too.</param>
+/// <param name="Mode">sweep: "leave-one-out" or "swap".</param>
+/// <param name="Component">sweep: the component varied.</param>
+[GenerateSerializer, Immutable, Alias("mergecluster.SelectionSettings")]
+public sealed record SelectionSettings(
+    [property: Id(0)] string Kind,
+    [property: Id(1)] string OutputDirectory,
+    [property: Id(2)] string[]? Models = null,
+    [property: Id(3)] string? Base = null,
+    [property: Id(4)] string? Components = null,
+    [property: Id(5)] bool Blocks = false,
+    [property: Id(6)] string? Mode = null,
+    [property: Id(7)] string? Component = null);
+
+/// <summary>A temporary output a job owns, as it travels and is persisted: its path and identity ("device:inode:birth").</summary>
+[GenerateSerializer, Immutable, Alias("mergecluster.JobFile")]
+public sealed record JobFile(
+    [property: Id(0)] string Path,
+    [property: Id(1)] string Identity);
 
 /// <summary>A job's settings as they travel and are persisted; the engine's <c>MergeJobOptions</c> on the wire.</summary>
 [GenerateSerializer, Immutable, Alias("mergecluster.JobSettings")]
@@ -64,7 +108,8 @@ public sealed record JobStatus(
     [property: Id(12)] long BytesRead,
     [property: Id(13)] long BytesWritten,
     [property: Id(14)] ImmutableArray<TaskSummary> Notable,
-    [property: Id(15)] int StorageWrites)
+    [property: Id(15)] int StorageWrites,
+    [property: Id(16)] string Kind = JobKinds.Merge)
 {
     public bool Exists => SubmittedAt is not null;
 }

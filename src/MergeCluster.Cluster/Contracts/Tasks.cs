@@ -2,7 +2,8 @@ namespace MergeCluster.Cluster.Contracts;
 
 /// <summary>
 /// What a shard grain needs to run one task attempt: the job (recipe, settings, the files it owns, the plan digest
-/// every silo must derive again) and which task. Never tensor bytes: those go through the shared volume.
+/// every silo must derive again) and which task. Never tensor bytes: those go through the shared volume. A merge's
+/// temporary output is <see cref="TempOutput"/>, a sweep's are <see cref="Candidates"/> (TempOutput empty).
 /// </summary>
 [GenerateSerializer, Immutable, Alias("mergecluster.TaskOrder")]
 public sealed record TaskOrder(
@@ -15,7 +16,8 @@ public sealed record TaskOrder(
     [property: Id(6)] int Task,
     [property: Id(7)] string TaskName,
     [property: Id(8)] int Attempt,
-    [property: Id(9)] string? TempIdentity = null);
+    [property: Id(9)] string? TempIdentity = null,
+    [property: Id(10)] JobFile[]? Candidates = null);
 
 /// <summary>Where an attempt runs: the attempt the grain is running (an earlier one if it was still busy) and its silo.</summary>
 [GenerateSerializer, Immutable, Alias("mergecluster.TaskStarted")]

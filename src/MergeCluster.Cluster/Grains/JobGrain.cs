@@ -42,7 +42,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
     private JobRecord _record = new();
 
     // The plan and the task graph, once planned or opened again after a resume.
-    private MergeJob? _job;
+    private IShardedJob? _job;
     private int[] _remaining = [];
     private List<int>[] _dependents = [];
     private readonly SortedSet<int> _ready = [];
@@ -163,7 +163,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         }
         return Task.FromResult(new JobStatus(Id, r.Phase, Counts(), r.Error, r.SubmittedAt, r.FinishedAt, r.Output, r.Submission?.RecipeDirectory, r.Shape,
             r.Active ? _silo.Name : null, r.Phase is JobPhase.Failed or JobPhase.Cancelled && !r.FilesRemoved, retries, r.BytesRead, r.BytesWritten,
-            notable.ToImmutable(), r.Writes));
+            notable.ToImmutable(), r.Writes, r.Submission?.Kind ?? JobKinds.Merge));
     }
 
     /// <summary>Pending, running (handed out), done and failed tasks: what the gauges sum over this silo's jobs.</summary>
@@ -259,13 +259,11 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         var submission = _record.Submission!;
         using var span = MergeTelemetry.Source.StartActivity(MergeTelemetry.PlanSpan, ActivityKind.Internal, MergeTelemetry.ParentOf(submission.TraceParent));
         span?.SetTag(MergeTelemetry.JobTag, Id).SetTag(MergeTelemetry.SiloTag, _silo.Name);
-        MergeJob job;
+        IShardedJob job;
         try
         {
             var held = LiveSilo.All(_membership, _metadata).Select(s => (IReadOnlyCollection<string>)s.Models).ToList();
-            var recipe = Recipe.Parse(submission.RecipeText, submission.RecipeDirectory, submission.RecipeSource);
-            var options = submission.Settings.ToOptions();
-            job = await Task.Run(() => MergeJob.Create(recipe, options, _silo.Environment, held, clusterJob: Id));
+            job = await Task.Run(() => ClusterJobs.Plan(submission, _silo.Environment, held, Id));
         }
         catch (Exception e)
         {
@@ -277,23 +275,27 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         if (_record.Phase != JobPhase.Queued)
         {
             // Cancelled while planning.
-            MergeJob.Cleanup(job.Files);
+            MergeJob.Cleanup(job.Temps, job.Scratch);
             return;
         }
-        span?.SetTag("mergecluster.tasks", job.Tasks.Count).SetTag(MergeTelemetry.BytesTag, job.Plan.InputBytes);
+        span?.SetTag("mergecluster.tasks", job.Tasks.Count).SetTag(MergeTelemetry.BytesTag, job.InputBytes);
         var r = _record;
         r.Phase = JobPhase.Running;
         r.Shape = job.Shape.ToString();
-        r.TempOutput = job.Files.TempOutput;
-        r.TempIdentity = job.Files.TempIdentity.ToString();
-        r.Scratch = job.Files.Scratch;
-        r.Output = job.Plan.OutputPath;
+        if (job is MergeJob merge)
+        {
+            r.TempOutput = merge.Files.TempOutput;
+            r.TempIdentity = merge.Files.TempIdentity.ToString();
+        }
+        r.Candidates = ClusterJobs.CandidatesOf(job);
+        r.Scratch = job.Scratch;
+        r.Output = job.OutputPath;
         r.PlanDigest = job.Digest;
         r.States = new byte[job.Tasks.Count];
         r.Attempts = new byte[job.Tasks.Count];
         r.Silos = Enumerable.Repeat((short)-1, job.Tasks.Count).ToArray();
         Adopt(job);
-        LogPlanned(_log, Id, job.Tasks.Count, job.Shape.ToString(), job.Plan.InputBytes);
+        LogPlanned(_log, Id, submission.Kind, job.Tasks.Count, job.Shape.ToString(), job.InputBytes);
         // The files the plan created are job state: durable before any task writes into them.
         await SaveAsync();
     }
@@ -305,16 +307,14 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         var submission = r.Submission!;
         try
         {
-            var recipe = Recipe.Parse(submission.RecipeText, submission.RecipeDirectory, submission.RecipeSource);
-            var options = submission.Settings.ToOptions();
-            var files = FilesOf(r);
-            if (!File.Exists(files.TempOutput) && r.Output is not null && File.Exists(r.Output) && Count(TaskState.Done) == r.States.Length)
+            var temps = TempsOf(r);
+            if (temps.Length > 0 && temps.All(t => !File.Exists(t.Path)) && r.Output is not null && Path.Exists(r.Output) && Count(TaskState.Done) == r.States.Length)
             {
                 // The previous activation committed the output and died before it recorded the end.
                 Succeed();
                 return;
             }
-            var job = await Task.Run(() => MergeJob.Open(recipe, options, Enum.Parse<TaskShape>(r.Shape!), files, _silo.Environment, r.PlanDigest));
+            var job = await Task.Run(() => ClusterJobs.Open(submission, r.Shape!, temps, r.Scratch, _silo.Environment, r.PlanDigest!));
             if (job.Tasks.Count != r.States.Length) throw new InvalidOperationException($"the plan has {job.Tasks.Count} tasks, the record {r.States.Length}");
             Adopt(job);
         }
@@ -328,7 +328,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         _early.Clear();
     }
 
-    private void Adopt(MergeJob job)
+    private void Adopt(IShardedJob job)
     {
         _job = job;
         int n = job.Tasks.Count;
@@ -368,7 +368,8 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
             free[target.Address]--;
             int attempt = ++_record.Attempts[index];
             _record.States[index] = (byte)TaskState.Running;
-            var order = new TaskOrder(Id, submission, _record.Shape!, _record.TempOutput!, _record.Scratch, _record.PlanDigest!, index, task.Name, attempt, _record.TempIdentity);
+            var order = new TaskOrder(Id, submission, _record.Shape!, _record.TempOutput ?? "", _record.Scratch, _record.PlanDigest!, index, task.Name, attempt, _record.TempIdentity,
+                _record.Candidates.Count > 0 ? [.. _record.Candidates] : null);
             try
             {
                 RequestContext.Set(IPlacementDirector.PlacementHintKey, target.Address);
@@ -597,17 +598,16 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         MarkDirty();
     }
 
-    /// <summary>The files the plan created, as the record keeps them (the identity is what every silo checks before it opens the temporary output).</summary>
-    private static MergeJobFiles FilesOf(JobRecord r) =>
-        new(r.TempOutput!, r.Scratch, FileIdentity.TryParse(r.TempIdentity, out var identity) ? identity : default);
+    /// <summary>The temporary outputs the plan created, as the record keeps them (the identity is what every silo checks before it opens one).</summary>
+    private static ImmutableArray<OwnedTemp> TempsOf(JobRecord r) => ClusterJobs.TempsOf(r.TempOutput, r.TempIdentity, r.Candidates);
 
     private async Task CleanupAsync()
     {
         var r = _record;
-        if (r.TempOutput is not null)
+        if (r.Planned)
         {
-            var files = FilesOf(r);
-            await Task.Run(() => MergeJob.Cleanup(files));
+            var temps = TempsOf(r);
+            await Task.Run(() => MergeJob.Cleanup(temps, r.Scratch));
         }
         r.FilesRemoved = true;
         r.FinishedAt = DateTimeOffset.UtcNow;
@@ -727,8 +727,8 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
     [LoggerMessage(Level = LogLevel.Information, Message = "job {Job}: resumed on silo {Silo} ({Phase}, {Done}/{Tasks} tasks done)")]
     private static partial void LogResumed(ILogger logger, long job, string phase, string silo, int done, int tasks);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "job {Job}: planned {Tasks} tasks ({Shape}), {Bytes} input bytes")]
-    private static partial void LogPlanned(ILogger logger, long job, int tasks, string shape, long bytes);
+    [LoggerMessage(Level = LogLevel.Information, Message = "job {Job}: planned {Kind}, {Tasks} tasks ({Shape}), {Bytes} input bytes")]
+    private static partial void LogPlanned(ILogger logger, long job, string kind, int tasks, string shape, long bytes);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "job {Job}: cannot be planned: {Error}")]
     private static partial void LogPlanFailed(ILogger logger, long job, string error);

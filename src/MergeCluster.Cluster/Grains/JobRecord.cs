@@ -40,6 +40,8 @@ internal sealed class JobRecord
     [Id(19)] public int Writes { get; set; }
     /// <summary>The temporary output's identity ("device:inode:birth"): silos open it only while it is still that file.</summary>
     [Id(20)] public string? TempIdentity { get; set; }
+    /// <summary>A sweep's temporary outputs, one per candidate in candidate order (a merge's is <see cref="TempOutput"/>).</summary>
+    [Id(21)] public List<JobFile> Candidates { get; set; } = [];
 
     public bool Planned => PlanDigest is not null;
 
@@ -59,6 +61,7 @@ internal sealed class JobRecord
         copy.Errors = new Dictionary<int, string>(Errors);
         copy.Silos = (short[])Silos.Clone();
         copy.SiloNames = [.. SiloNames];
+        copy.Candidates = [.. Candidates];
         return copy;
     }
 }

@@ -23,13 +23,19 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
     private TaskOrder? _order;
     private CancellationTokenSource? _cancel;
     private Task? _work;
+    // The attempt is computing; once it only reports its outcome, the next attempt may start here.
+    private bool _executing;
 
     public Task<TaskStarted> Run(TaskOrder order)
     {
-        if (_work is { IsCompleted: false } && _order is not null)
+        // The job grain hands out the next attempt as soon as it takes a report, while the reporting call is still
+        // out: waiting for it to return would answer with the finished attempt, and the new one would never run.
+        if (_executing && _order is not null)
             return Task.FromResult(new TaskStarted(_order.Attempt, local.SiloAddress, silo.Name));
         _order = order;
+        _cancel?.Dispose();
         _cancel = new CancellationTokenSource();
+        _executing = true;
         // The task may run longer than the idle-collection age; the activation goes when the report is taken.
         DelayDeactivation(TimeSpan.FromDays(1));
         var parent = Activity.Current?.Context ?? MergeTelemetry.ParentOf(order.Submission.TraceParent);
@@ -67,8 +73,10 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
         }
         MergeTelemetry.Tasks.Add(1, new KeyValuePair<string, object?>(MergeTelemetry.StateTag, StateOf(report.Outcome)));
         LogEnded(log, order.Job, order.TaskName, order.Attempt, StateOf(report.Outcome), report.Error ?? "");
+        _executing = false;
         await ReportAsync(order, report);
-        DeactivateOnIdle();
+        // Unless a later attempt started here meanwhile, the activation goes, so a retry is placed afresh.
+        if (ReferenceEquals(_order, order)) DeactivateOnIdle();
     }
 
     private async Task<TaskReport> ExecuteAsync(TaskOrder order, Activity? span, CancellationToken ct)
@@ -101,7 +109,7 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
                     }
                     catch (PartialSumMissingException e)
                     {
-                        throw new RedoException(e, lease.Run.Job.ProducerOf(e.Shard, e.Node).Index);
+                        throw new RedoException(e, ((MergeJob)lease.Run.Job).ProducerOf(e.Shard, e.Node).Index);
                     }
                 }
             }, ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);

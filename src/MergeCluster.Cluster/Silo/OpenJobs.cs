@@ -1,6 +1,5 @@
 using MergeCluster.Cluster.Contracts;
 using MergeCluster.Engine.Execution;
-using MergeCluster.Merge.Recipes;
 using Microsoft.Extensions.Logging;
 
 namespace MergeCluster.Cluster.Silo;
@@ -14,9 +13,9 @@ public sealed partial class OpenJobs(SiloIdentity silo, TimeProvider time, ILogg
 {
     public static readonly TimeSpan IdleClose = TimeSpan.FromSeconds(30);
 
-    private sealed class Entry(Lazy<JobRun> run)
+    private sealed class Entry(Lazy<IShardedRun> run)
     {
-        public readonly Lazy<JobRun> Run = run;
+        public readonly Lazy<IShardedRun> Run = run;
         public int Users;
         public ITimer? Closing;
     }
@@ -38,7 +37,7 @@ public sealed partial class OpenJobs(SiloIdentity silo, TimeProvider time, ILogg
         lock (_lock)
         {
             if (!_open.TryGetValue(key, out entry!))
-                _open[key] = entry = new Entry(new Lazy<JobRun>(() => Open(order), LazyThreadSafetyMode.ExecutionAndPublication));
+                _open[key] = entry = new Entry(new Lazy<IShardedRun>(() => Open(order), LazyThreadSafetyMode.ExecutionAndPublication));
             entry.Users++;
             entry.Closing?.Dispose();
             entry.Closing = null;
@@ -58,11 +57,10 @@ public sealed partial class OpenJobs(SiloIdentity silo, TimeProvider time, ILogg
         }
     }
 
-    private JobRun Open(TaskOrder order)
+    private IShardedRun Open(TaskOrder order)
     {
-        var s = order.Submission;
-        var recipe = Recipe.Parse(s.RecipeText, s.RecipeDirectory, s.RecipeSource);
-        var job = MergeJob.Open(recipe, s.Settings.ToOptions(), Enum.Parse<TaskShape>(order.Shape), new MergeJobFiles(order.TempOutput, order.Scratch, Safetensors.FileIdentity.TryParse(order.TempIdentity, out var identity) ? identity : default), silo.Environment, order.PlanDigest);
+        var temps = Grains.ClusterJobs.TempsOf(order.TempOutput, order.TempIdentity, order.Candidates);
+        var job = Grains.ClusterJobs.Open(order.Submission, order.Shape, temps, order.Scratch, silo.Environment, order.PlanDigest);
         var run = job.OpenRun();
         LogOpened(log, order.Job, job.Tasks.Count);
         return run;
@@ -105,10 +103,10 @@ public sealed partial class OpenJobs(SiloIdentity silo, TimeProvider time, ILogg
     }
 
     /// <summary>A task's use of an open job.</summary>
-    public sealed class Lease(OpenJobs owner, (long, string) key, JobRun run) : IDisposable
+    public sealed class Lease(OpenJobs owner, (long, string) key, IShardedRun run) : IDisposable
     {
         private int _disposed;
-        public JobRun Run { get; } = run;
+        public IShardedRun Run { get; } = run;
 
         public void Dispose()
         {

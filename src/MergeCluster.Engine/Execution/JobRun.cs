@@ -13,7 +13,7 @@ public readonly record struct TaskBytes(long Read, long Written);
 /// What one machine keeps open to run a job's tasks: its inputs mapped, the temporary output open for positional
 /// writes, and an executor per thread. Thread-safe; dispose it when the machine has no more tasks of the job.
 /// </summary>
-public sealed class JobRun : IDisposable
+public sealed class JobRun : IShardedRun
 {
     private readonly MergeJob _job;
     private readonly MergeProgress? _progress;
@@ -40,6 +40,7 @@ public sealed class JobRun : IDisposable
     }
 
     public MergeJob Job => _job;
+    IShardedJob IShardedRun.Job => _job;
 
     /// <summary>
     /// Runs one task on the calling thread. Partial sums are written to a file of this run's own and committed by
@@ -149,24 +150,7 @@ public sealed class JobRun : IDisposable
         using var span = MergeTelemetry.Source.StartActivity("mergecluster.write.partial");
         span?.SetTag(MergeTelemetry.ShardTag, shard.Index);
         span?.SetTag("mergecluster.partial", node.Name(shard));
-        // Every write has a file of its own, committed by rename: a dead attempt's bytes never reach a reader, and two
-        // runners of one task (an attempt thought lost, then run again) never write one file.
-        string final = _job.PartialPath(shard, node);
-        string temp = $"{final}.a{attempt}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
-        try
-        {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
-            {
-                produce(stream);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temp, final, overwrite: true);
-        }
-        catch
-        {
-            MergeJob.TryDelete(temp);
-            throw;
-        }
+        ScratchFile.Write(_job.PartialPath(shard, node), attempt, produce);
     }
 
     private FileStream OpenPartial(Shard shard, PartialNode node)

@@ -74,6 +74,8 @@ public sealed record MergeJobFiles(string TempOutput, string? Scratch, FileIdent
 public static class TaskKinds
 {
     public const string Fused = "fused", Leaf = "leaf", Reduce = "reduce", Final = "final";
+    /// <summary>A distance map's shard (its partial statistics) and a sweep's shard (written into every candidate).</summary>
+    public const string Distance = "distance", Sweep = "sweep";
 }
 
 /// <summary>
@@ -92,7 +94,7 @@ public sealed record MergeTask(int Index, string Name, string Kind, int Shard, i
 /// assemble (verify, fsync, rename) or clean up. The embedded <c>merge</c> runs the tasks on its threads, the
 /// cluster's job grain on shard grains; both give the same file bit for bit.
 /// </summary>
-public sealed class MergeJob : IDisposable
+public sealed class MergeJob : IShardedJob
 {
     // The embedded merge's temporary output, kept open and locked by this process from creation to rename, so that a
     // later run sweeping the directory knows it for a live run's. A cluster job's file is closed at once: it outlives this process.
@@ -114,6 +116,13 @@ public sealed class MergeJob : IDisposable
     public TaskShape Shape { get; }
     public MergeJobFiles Files { get; }
     public IReadOnlyList<MergeTask> Tasks { get; }
+
+    public string Kind => "merge";
+    public string OutputPath => Plan.OutputPath;
+    public long InputBytes => Plan.InputBytes;
+    public ImmutableArray<OwnedTemp> Temps => [new(Files.TempOutput, Files.TempIdentity)];
+    public string? Scratch => Files.Scratch;
+    IShardedRun IShardedJob.OpenRun(MergeProgress? progress) => OpenRun(progress);
     /// <summary>
     /// Identifies the plan (header with its input hashes, shards, tree, shape): every machine that opens the job must
     /// derive this very plan, or it would write other bytes into the shared output.
@@ -163,7 +172,7 @@ public sealed class MergeJob : IDisposable
         catch
         {
             writer?.Dispose();
-            if (scratch is not null) DeleteScratch(new MergeJobFiles("", scratch, default));
+            if (scratch is not null) DeleteScratch(scratch);
             throw;
         }
     }
@@ -223,31 +232,47 @@ public sealed class MergeJob : IDisposable
             writer.Dispose();
             _created = null;
         }
-        else if (RegularFile.IdentityOf(temp) is not null)
-        {
-            using (var handle = RegularFile.OpenOwned(temp, Files.TempIdentity, write: false)) Verify(handle);
-            SafetensorsWriter.CommitExisting(temp, Files.TempIdentity, Plan.OutputPath);
-        }
-        else if (RegularFile.IdentityOf(Plan.OutputPath) != Files.TempIdentity)
-            throw new MergeException($"{Plan.OutputPath}: the job's temporary output {temp} is gone");
-        DeleteScratch(Files);
+        else CommitExisting(new OwnedTemp(temp, Files.TempIdentity), Plan);
+        DeleteScratch(Files.Scratch);
     }
 
-    private void Verify(Microsoft.Win32.SafeHandles.SafeFileHandle temp)
+    /// <summary>
+    /// Verifies a temporary output another process filled (still the file created, its header the plan's, its data
+    /// ending exactly at the end of the file) and commits it over the plan's output; a temporary output already
+    /// committed there is left as it is.
+    /// </summary>
+    public static void CommitExisting(OwnedTemp temp, MergePlan plan)
     {
-        var header = SafetensorsFile.ReadHeader(temp, Files.TempOutput, out long length);
-        if (header.Tensors.Length != Plan.Tensors.Length || header.DataStart != Plan.Layout.DataStart || length != Plan.Layout.TotalLength)
-            throw new MergeException($"{Files.TempOutput}: assembled output does not match the plan");
+        if (RegularFile.IdentityOf(temp.Path) is not null)
+        {
+            using (var handle = RegularFile.OpenOwned(temp.Path, temp.Identity, write: false)) Verify(handle, temp.Path, plan);
+            SafetensorsWriter.CommitExisting(temp.Path, temp.Identity, plan.OutputPath);
+        }
+        else if (RegularFile.IdentityOf(plan.OutputPath) != temp.Identity)
+            throw new MergeException($"{plan.OutputPath}: the job's temporary output {temp.Path} is gone");
+    }
+
+    private void Verify(Microsoft.Win32.SafeHandles.SafeFileHandle temp) => Verify(temp, Files.TempOutput, Plan);
+
+    private static void Verify(Microsoft.Win32.SafeHandles.SafeFileHandle temp, string path, MergePlan plan)
+    {
+        var header = SafetensorsFile.ReadHeader(temp, path, out long length);
+        if (header.Tensors.Length != plan.Tensors.Length || header.DataStart != plan.Layout.DataStart || length != plan.Layout.TotalLength)
+            throw new MergeException($"{path}: assembled output does not match the plan");
     }
 
     /// <summary>
     /// Removes a failed or cancelled job's temporary output (only while it is still the file the plan created) and
     /// scratch; what is already gone is skipped.
     /// </summary>
-    public static void Cleanup(MergeJobFiles files)
+    public static void Cleanup(MergeJobFiles files) => Cleanup([new OwnedTemp(files.TempOutput, files.TempIdentity)], files.Scratch);
+
+    /// <summary>As above, for any job's files: each temporary output only while it is still the file created, then the scratch directory.</summary>
+    public static void Cleanup(IEnumerable<OwnedTemp> temps, string? scratch)
     {
-        RegularFile.DeleteIfOwned(files.TempOutput, files.TempIdentity);
-        DeleteScratch(files);
+        foreach (var temp in temps)
+            if (temp.Path.Length > 0) RegularFile.DeleteIfOwned(temp.Path, temp.Identity);
+        DeleteScratch(scratch);
     }
 
     /// <summary>An embedded job's temporary output goes with it unless it was assembled; a cluster job's stays for its cleanup.</summary>
@@ -385,9 +410,9 @@ public sealed class MergeJob : IDisposable
         };
     }
 
-    private static void DeleteScratch(MergeJobFiles files)
+    internal static void DeleteScratch(string? dir)
     {
-        if (files.Scratch is not { } dir) return;
+        if (dir is null) return;
         try
         {
             // The directory planning created, not whatever a link put in its place.

@@ -1,6 +1,10 @@
+using System.Collections.Immutable;
 using System.Diagnostics;
 using System.Numerics.Tensors;
+using System.Security.Cryptography;
+using System.Text;
 using MergeCluster.Engine.Execution;
+using MergeCluster.Merge.Architecture;
 using MergeCluster.Merge.Numerics;
 using MergeCluster.Planning;
 using MergeCluster.Safetensors;
@@ -10,17 +14,98 @@ namespace MergeCluster.Engine.Selection;
 /// <summary>
 /// A distance map as a job of tasks, independent of who schedules them: one task per shard of keys, each reading its
 /// keys' tensors once from every model and returning the shard's <see cref="DistanceStatistics"/>; the job's result is
-/// the partials added in shard order. Locally the shards run on this process's threads (<see cref="RunAsync"/>); a
-/// cluster can run them anywhere the models are and add the partials it gets back in the same order.
+/// the partials added in shard order. Locally the shards run on this process's threads (<see cref="RunAsync"/>); on the
+/// cluster (<see cref="Create"/>, <see cref="Open"/>) each task writes its partial into the job's scratch directory and
+/// <see cref="Assemble"/> adds them in shard order and writes the report, so both give the same bits.
 /// </summary>
-public sealed class DistanceJob
+public sealed class DistanceJob : IShardedJob
 {
-    public DistanceJob(DistancePlan plan) => Plan = plan;
+    private const string ReportFile = "distances.json";
+
+    /// <summary>A job run by this process alone (<see cref="RunAsync"/>).</summary>
+    public DistanceJob(DistancePlan plan) : this(plan, null, null) { }
+
+    private DistanceJob(DistancePlan plan, string? outputDirectory, string? scratch)
+    {
+        Plan = plan;
+        OutputDirectory = outputDirectory;
+        Scratch = scratch;
+        Tasks = [.. plan.Shards.Select(s => new MergeTask(s.Index, $"s{s.Index:D5}/{TaskKinds.Distance}", TaskKinds.Distance, s.Index, 0, 0, [], s.InputBytes, InputsOf(plan, s)))];
+        Digest = DigestOf(plan);
+    }
 
     public DistancePlan Plan { get; }
+    /// <summary>Where a cluster job writes distances.json, the CSVs and the plots.</summary>
+    public string? OutputDirectory { get; }
+    public string? Scratch { get; }
+    public IReadOnlyList<MergeTask> Tasks { get; }
+    public string Digest { get; }
+    public string Kind => "distance";
+    public TaskShape Shape => TaskShape.Fused;
+    public string OutputPath => OutputDirectory ?? "";
+    public long InputBytes => Plan.InputBytes;
+    public ImmutableArray<OwnedTemp> Temps => [];
+
+    /// <summary>
+    /// A cluster job of the plan: its scratch directory for the shards' partials is created exclusively in
+    /// <paramref name="outputDirectory"/> (made if needed) under a name of the job's and a random part.
+    /// </summary>
+    public static DistanceJob Create(DistancePlan plan, string outputDirectory, long clusterJob)
+    {
+        Directory.CreateDirectory(outputDirectory);
+        string name = OutputTemp.Name(Path.Combine(outputDirectory, ReportFile), clusterJob, Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8)));
+        string scratch = Path.Combine(outputDirectory, name[..^".tmp".Length] + ".scratch");
+        RegularFile.CreateDirectory(scratch);
+        return new DistanceJob(plan, outputDirectory, scratch);
+    }
+
+    /// <summary>A cluster job another machine planned: this machine's plan must have the recorded digest.</summary>
+    public static DistanceJob Open(DistancePlan plan, string outputDirectory, string scratch, string digest)
+    {
+        var job = new DistanceJob(plan, outputDirectory, scratch);
+        if (job.Digest != digest)
+            throw new Merge.MergeException($"{outputDirectory}: this machine's distance plan differs from the one the job was planned with (models changed since?)");
+        return job;
+    }
 
     /// <summary>Maps the models for running shards on this machine; dispose it when done.</summary>
-    public DistanceRun OpenRun(MergeProgress? progress = null) => new(Plan, progress);
+    public DistanceRun OpenRun(MergeProgress? progress = null) => new(this, progress);
+
+    IShardedRun IShardedJob.OpenRun(MergeProgress? progress) => OpenRun(progress);
+
+    public IEnumerable<string> FilesOf(MergeTask task) => task.Inputs.Select(i => Path.GetFileName(Plan.Models[i].Path));
+
+    /// <summary>Partials stay until the report is written: <see cref="Assemble"/> reads them all.</summary>
+    public void Release(MergeTask done) { }
+
+    /// <summary>
+    /// Adds the shards' partials in shard order, writes the report into the output directory and removes the scratch
+    /// directory. Idempotent: with the partials gone and the report there, a previous assembly finished.
+    /// </summary>
+    public void Assemble()
+    {
+        string dir = OutputDirectory ?? throw new InvalidOperationException("a local distance job is assembled by RunAsync");
+        if (Scratch is null || !Directory.Exists(Scratch))
+        {
+            if (File.Exists(Path.Combine(dir, ReportFile))) return;
+            throw new Merge.MergeException($"{dir}: the job's partials ({Scratch}) are gone");
+        }
+        var total = new DistanceStatistics(Plan);
+        foreach (var shard in Plan.Shards)
+        {
+            string path = PartialPath(shard);
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.SequentialScan);
+            total.Add(DistanceStatistics.ReadFrom(stream, Plan, path));
+        }
+        DistanceReport.Create(Plan, total).WriteFiles(dir);
+        MergeJob.DeleteScratch(Scratch);
+    }
+
+    /// <summary>A cluster job's files: only the scratch directory (the report is written whole by <see cref="Assemble"/>).</summary>
+    public void Dispose() { }
+
+    internal string PartialPath(DistanceShard shard) =>
+        Path.Combine(Scratch ?? throw new InvalidOperationException("a local distance job has no scratch directory"), $"s{shard.Index:D5}.distance");
 
     /// <summary>
     /// Every shard on <paramref name="threads"/> threads, lowest index first, partials folded in shard order as soon as
@@ -60,22 +145,54 @@ public sealed class DistanceJob
         Debug.Assert(folded == Plan.Shards.Length);
         return total;
     }
+
+    /// <summary>The models a shard reads: those holding one of its keys with someone to be compared with.</summary>
+    private static ImmutableArray<int> InputsOf(DistancePlan plan, DistanceShard shard)
+    {
+        var inputs = new SortedSet<int>();
+        for (int k = shard.FirstKey; k < shard.FirstKey + shard.KeyCount; k++)
+            foreach (var c in plan.Keys[k].Classes)
+                if (c.Length > 1) inputs.UnionWith(c);
+        return [.. inputs];
+    }
+
+    /// <summary>The plan as every machine must see it: models (names, sizes), components, blocks, every key's tensors and the shards.</summary>
+    private static string DigestOf(DistancePlan plan)
+    {
+        var text = new StringBuilder();
+        text.Append(plan.HasBase).Append('|').Append(plan.Architecture.Name).Append('\n');
+        foreach (var m in plan.Models) text.Append(m.Name).Append('|').Append(m.Length).Append('\n');
+        text.AppendJoin(',', plan.Components.Select(c => c.Name())).Append('\n').AppendJoin(',', plan.Blocks).Append('\n');
+        foreach (var key in plan.Keys)
+        {
+            text.Append(key.Key).Append('|').Append(key.Block);
+            foreach (var t in key.Tensors)
+                text.Append('|').Append(t is null ? "-" : $"{t.DType}:{string.Join('x', t.Shape)}:{t.Begin}");
+            text.Append('\n');
+        }
+        foreach (var s in plan.Shards) text.Append(s.FirstKey).Append('+').Append(s.KeyCount).Append(';');
+        return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text.ToString())))[..32];
+    }
 }
 
 /// <summary>What one machine keeps open to run a distance job's shards: the models mapped, an executor per thread.</summary>
-public sealed class DistanceRun : IDisposable
+public sealed class DistanceRun : IShardedRun
 {
+    private readonly DistanceJob _job;
     private readonly DistancePlan _plan;
     private readonly MergeProgress? _progress;
     private readonly InputSet _inputs;
     private readonly System.Collections.Concurrent.ConcurrentBag<DistanceExecutor> _idle = new();
 
-    internal DistanceRun(DistancePlan plan, MergeProgress? progress)
+    internal DistanceRun(DistanceJob job, MergeProgress? progress)
     {
-        _plan = plan;
+        _job = job;
+        _plan = job.Plan;
         _progress = progress;
-        _inputs = new InputSet(plan.Models);
+        _inputs = new InputSet(_plan.Models);
     }
+
+    public IShardedJob Job => _job;
 
     /// <summary>Reads one shard's keys from every model that holds them and returns the shard's partial statistics; thread-safe.</summary>
     public DistanceStatistics RunShard(DistanceShard shard, CancellationToken ct)
@@ -83,6 +200,23 @@ public sealed class DistanceRun : IDisposable
         var executor = _idle.TryTake(out var e) ? e : new DistanceExecutor(_plan, _inputs, _progress);
         try { return executor.Run(shard, ct); }
         finally { _idle.Add(executor); }
+    }
+
+    /// <summary>A cluster task: the shard's partial, written whole (fsynced, renamed) into the job's scratch directory.</summary>
+    public TaskBytes Run(MergeTask task, int attempt, CancellationToken ct, bool durable = false)
+    {
+        var shard = _plan.Shards[task.Shard];
+        Activity.Current?.SetTag(Telemetry.MergeTelemetry.ShardTag, shard.Index);
+        var partial = RunShard(shard, ct);
+        long written = 0;
+        ScratchFile.Write(_job.PartialPath(shard), attempt, stream =>
+        {
+            partial.WriteTo(stream);
+            written = stream.Position;
+        });
+        Telemetry.MergeTelemetry.BytesRead.Add(shard.InputBytes);
+        Telemetry.MergeTelemetry.BytesWritten.Add(written);
+        return new TaskBytes(shard.InputBytes, written);
     }
 
     public void Dispose() => _inputs.Dispose();

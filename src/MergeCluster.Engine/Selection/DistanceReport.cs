@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using MergeCluster.Merge.Architecture;
 using MergeCluster.Planning;
+using MergeCluster.Safetensors;
 
 namespace MergeCluster.Engine.Selection;
 
@@ -108,6 +109,26 @@ public sealed class DistanceReport
             Models = names, Base = plan.HasBase ? names[0] : null, Architecture = plan.Architecture.Name,
             Components = components, Blocks = blocks, Absent = absent, NonFinite = nonFinite, Identical = identical,
         };
+    }
+
+    /// <summary>
+    /// Writes distances.json, a CSV per component and block, and the PNG plots into <paramref name="dir"/> (created if
+    /// needed), each whole under a temporary name and renamed, so a reader never sees half a report; returns the files.
+    /// </summary>
+    public IReadOnlyList<string> WriteFiles(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        var written = new List<string> { WriteText(Path.Combine(dir, "distances.json"), ToJson()) };
+        foreach (var c in Components) written.Add(WriteText(Path.Combine(dir, $"{c.Name}.csv"), ToCsv(c)));
+        foreach (var b in Blocks) written.Add(WriteText(Path.Combine(dir, $"block-{b.Name}.csv"), ToCsv(b)));
+        written.AddRange(DistancePlots.Write(this, dir));
+        return written;
+    }
+
+    private static string WriteText(string path, string text)
+    {
+        OutputTemp.WriteWhole(path, System.Text.Encoding.UTF8.GetBytes(text));
+        return path;
     }
 
     /// <summary>Distances to the base (or, without one, to the first model) of every model, per matrix.</summary>

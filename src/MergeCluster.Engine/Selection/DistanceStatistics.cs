@@ -100,6 +100,68 @@ public sealed class DistanceStatistics
         for (int b = 0; b < Blocks.Length; b++) Blocks[b].Add(other.Blocks[b]);
     }
 
+    private const int Magic = 0x4D434453; // "MCDS"
+
+    /// <summary>The partial as bytes, every sum with its compensation, so that adding it after a round trip gives the same bits.</summary>
+    public void WriteTo(Stream stream)
+    {
+        using var w = new BinaryWriter(stream, System.Text.Encoding.UTF8, leaveOpen: true);
+        w.Write(Magic);
+        w.Write(Components.Length);
+        w.Write(Blocks.Length);
+        w.Write(Differs.Length == 0 ? 0 : Differs[0].Length);
+        w.Write(NonFiniteValues.Length == 0 ? 0 : NonFiniteValues[0].Length);
+        foreach (var t in Components.Concat(Blocks))
+        {
+            foreach (var sums in new[] { t.SquaredDistance, t.Dot, t.NormA, t.NormB })
+                foreach (var x in sums)
+                {
+                    w.Write(x.Sum);
+                    w.Write(x.Compensation);
+                }
+            foreach (var counts in new[] { t.Keys, t.ShapeMismatches, t.OneSided, t.NonFiniteKeys })
+                foreach (int x in counts) w.Write(x);
+        }
+        foreach (var values in NonFiniteValues)
+            foreach (long x in values) w.Write(x);
+        foreach (var differs in Differs)
+            foreach (bool x in differs) w.Write(x);
+    }
+
+    /// <summary>A partial written by <see cref="WriteTo"/> for this plan; a file of another plan or cut short is an error naming it.</summary>
+    public static DistanceStatistics ReadFrom(Stream stream, DistancePlan plan, string path)
+    {
+        var result = new DistanceStatistics(plan);
+        using var r = new BinaryReader(stream, System.Text.Encoding.UTF8, leaveOpen: true);
+        try
+        {
+            if (r.ReadInt32() != Magic || r.ReadInt32() != result.Components.Length || r.ReadInt32() != result.Blocks.Length
+                || r.ReadInt32() != plan.PairCount || r.ReadInt32() != plan.Count)
+                throw new Merge.MergeException($"{path}: not a partial of this distance job");
+            foreach (var t in result.Components.Concat(result.Blocks))
+            {
+                foreach (var sums in new[] { t.SquaredDistance, t.Dot, t.NormA, t.NormB })
+                    for (int p = 0; p < sums.Length; p++)
+                    {
+                        sums[p].Sum = r.ReadDouble();
+                        sums[p].Compensation = r.ReadDouble();
+                    }
+                foreach (var counts in new[] { t.Keys, t.ShapeMismatches, t.OneSided, t.NonFiniteKeys })
+                    for (int p = 0; p < counts.Length; p++) counts[p] = r.ReadInt32();
+            }
+            foreach (var values in result.NonFiniteValues)
+                for (int m = 0; m < values.Length; m++) values[m] = r.ReadInt64();
+            foreach (var differs in result.Differs)
+                for (int p = 0; p < differs.Length; p++) differs[p] = r.ReadBoolean();
+        }
+        catch (EndOfStreamException e)
+        {
+            throw new Merge.MergeException($"{path}: distance partial cut short", e);
+        }
+        if (stream.ReadByte() >= 0) throw new Merge.MergeException($"{path}: distance partial longer than this job's");
+        return result;
+    }
+
     /// <summary>The shards' partials added in shard order: the job's statistics.</summary>
     public static DistanceStatistics Combine(DistancePlan plan, IEnumerable<DistanceStatistics> inShardOrder)
     {

@@ -1,8 +1,7 @@
-using MergeCluster.Engine.Selection;
 using MergeCluster.Safetensors;
 using ScottPlot;
 
-namespace MergeCluster.Cli;
+namespace MergeCluster.Engine.Selection;
 
 /// <summary>The PNG plots of a distance report: heatmaps, distance to the base, an MDS map, distance per block.</summary>
 public static class DistancePlots
