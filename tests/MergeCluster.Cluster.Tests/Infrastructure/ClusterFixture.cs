@@ -58,7 +58,7 @@ public sealed class ClusterFixture : IAsyncDisposable
                 return silo;
             }
             // Another process (a test server of a parallel test project) bound one of its ports first: new ports.
-            catch (InvalidOperationException) when (attempt < 3 && silo.HasExited && silo.Output.Contains("Address already in use", StringComparison.Ordinal))
+            catch (InvalidOperationException) when (attempt < 3 && silo.HasExited && silo.Output.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
             {
                 _output.WriteLine($"silo {name}: a port was taken, starting again on other ports:\n{silo.Output}");
                 _silos.Remove(silo);
