@@ -74,7 +74,8 @@ mkdir -p "$results"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((r = 1; r <= runs; r++)); do
   for tool in "${tools[@]}"; do
-    rm -f "$dir/merge.safetensors" "$dir/torch.safetensors" "$dir/write.bin"
+    # Only the tool's own output goes first (the merge's and the peer's last ones are compared at the end).
+    case "$tool" in merge*) rm -f "$dir/merge.safetensors" ;; torch) rm -f "$dir/torch.safetensors" ;; write) rm -f "$dir/write.bin" ;; esac
     sync
     /usr/bin/time -f '%e %U %S %M %F %R' -o "$results/$tool.$r" bash -c "$(declare -f run_tool); $(declare -p mc dir threads python root files out_mib MERGECLUSTER_CACHE); run_tool $tool" >/dev/null 2>"$results/$tool.$r.err" \
       || { echo "compare: $tool failed:" >&2; cat "$results/$tool.$r.err" >&2; exit 1; }
