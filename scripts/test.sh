@@ -48,6 +48,24 @@ mkdir -p .build
 dotnet test Cluster.sln -c Release --nologo -v q --logger "console;verbosity=normal" 2>&1 | tee .build/test.log
 status=${PIPESTATUS[0]}
 
+# The kernels take the widest SIMD path the runtime reports, so one process tests one path. The tests of trait Kernel
+# (the conversions, the statistics, and digests of merged and synthetic files recorded on the default path) run again
+# in processes with wider paths turned off: 256-bit AVX2 (only where the CPU has AVX-512, else it is the default
+# path), 128-bit vectors (the width on arm64) and scalar code. MERGECLUSTER_SIMD names the run; a test checks the
+# runtime really took that path.
+simd_runs=("no-avx2 DOTNET_EnableAVX2=0" "scalar DOTNET_EnableHWIntrinsic=0")
+grep -qw avx512f /proc/cpuinfo 2>/dev/null && simd_runs=("no-avx512 DOTNET_EnableAVX512F=0 DOTNET_EnableAVX512=0" "${simd_runs[@]}")
+for run in "${simd_runs[@]}"; do
+  read -r name knobs <<<"$run"
+  for project in tests/MergeCluster.Safetensors.Tests tests/MergeCluster.Merge.Tests; do
+    echo "test: $project, Kernel tests on the $name path ($knobs)" | tee -a .build/test.log
+    # shellcheck disable=SC2086 # knobs is a list of NAME=VALUE words
+    env $knobs MERGECLUSTER_SIMD="$name" dotnet test "$project" -c Release --no-build --nologo -v q --filter Category=Kernel \
+      --logger "console;verbosity=normal" 2>&1 | tee -a .build/test.log
+    ((PIPESTATUS[0] == 0)) || status=1
+  done
+done
+
 # One summary line over all test projects, in the "N passed, N failed" form CI reads.
 count() { grep -oE "^ +$1: +[0-9]+" .build/test.log | awk '{s+=$2} END {print s+0}'; }
 # CI shows the end of the output: each failed test again there, with its message (the first 30 lines of it).

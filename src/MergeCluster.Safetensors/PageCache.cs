@@ -10,6 +10,11 @@ public static unsafe partial class PageCache
     public const int WillNeed = 3;    // MADV_WILLNEED
     /// <summary>MADV_DONTNEED: unmaps the range's pages from this process; a file's pages stay in the page cache.</summary>
     public const int DontNeed = 4;
+    /// <summary>
+    /// MADV_HUGEPAGE: a fault on a file mapping reads ahead in 2 MiB folios, which the kernel maps with one page-table
+    /// entry each (the mapping is 2 MiB-aligned) instead of 512.
+    /// </summary>
+    public const int HugePage = 14;
     /// <summary>MADV_POPULATE_READ (Linux 5.14): maps the range's cached pages in one call instead of one fault per 64 KiB.</summary>
     public const int PopulateRead = 22;
 

@@ -45,7 +45,7 @@ public static partial class RegularFile
     private const uint StatxBasicStats = 0x7ff, StatxBirthTime = 0x800;
     private const int LockExclusive = 2, LockNonBlocking = 4;
     private const int FGetFl = 3, FSetFl = 4;
-    private const int ENoEnt = 2, EAccess = 13, EExist = 17, ELoop = 40, ENotDir = 20, EIsDir = 21;
+    private const int ENoEnt = 2, EAccess = 13, EExist = 17, ELoop = 40, ENotDir = 20, EIsDir = 21, ENoSpc = 28, ENoSys = 38, EOpNotSupp = 95;
 
     [StructLayout(LayoutKind.Explicit, Size = 256)]
     private struct Statx
@@ -80,6 +80,9 @@ public static partial class RegularFile
 
     [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
     private static partial int Fcntl(SafeHandle handle, int command, int argument);
+
+    [LibraryImport("libc", EntryPoint = "fallocate", SetLastError = true)]
+    private static partial int Fallocate(SafeHandle handle, int mode, long offset, long length);
 
     [LibraryImport("libc", EntryPoint = "rename", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int RenameFile(string from, string to);
@@ -141,6 +144,21 @@ public static partial class RegularFile
     /// filesystem has no locks (then nobody can take one, and a leftover is never mistaken for a dead run's).
     /// </summary>
     public static bool TryLock(SafeFileHandle handle) => Flock(handle, LockExclusive | LockNonBlocking) == 0;
+
+    /// <summary>
+    /// Allocates the blocks of [0, <paramref name="length"/>) up front (fallocate(2), mode 0, which also sets the
+    /// size): a disk too small fails here, before any work, and writes into the file need no block reservation each.
+    /// False, with the file unchanged, where the filesystem cannot (NFS, some FUSE): it then allocates as it is written.
+    /// </summary>
+    public static bool Preallocate(SafeFileHandle handle, string path, long length)
+    {
+        if (length <= 0 || Fallocate(handle, 0, 0, length) == 0) return true;
+        int errno = Marshal.GetLastPInvokeError();
+        if (errno is EOpNotSupp or ENoSys) return false;
+        throw errno == ENoSpc
+            ? new SafetensorsException(SafetensorsError.Io, path, null, $"not enough disk space for the output ({length:N0} bytes)")
+            : Failure(path, errno, "cannot allocate the output");
+    }
 
     /// <summary>rename(2): replaces whatever entry <paramref name="to"/> names (a symlink is replaced, never followed).</summary>
     public static void Rename(string from, string to)

@@ -33,7 +33,8 @@ public sealed class SafetensorsWriter : IDisposable
     public SafetensorsLayout Layout { get; }
 
     /// <summary>
-    /// Creates a sized temporary file beside the target and writes the header into it. <paramref name="job"/> names a
+    /// Creates a temporary file beside the target, its blocks allocated (so a full disk fails now, not after the
+    /// merge), and writes the header into it. <paramref name="job"/> names a
     /// cluster job's file, which other processes fill and commit (<see cref="OpenExisting"/>, <see cref="CommitExisting"/>);
     /// without it the file belongs to this process alone, and stale files of dead runs in the directory are removed first.
     /// </summary>
@@ -43,7 +44,7 @@ public sealed class SafetensorsWriter : IDisposable
         var (temp, handle) = OutputTemp.Create(full, job);
         try
         {
-            RandomAccess.SetLength(handle, layout.TotalLength);
+            if (!RegularFile.Preallocate(handle, full, layout.TotalLength)) RandomAccess.SetLength(handle, layout.TotalLength);
             RandomAccess.Write(handle, layout.HeaderBytes, 0);
             return new SafetensorsWriter(full, temp, RegularFile.Identity(handle), layout, handle, owner: true);
         }

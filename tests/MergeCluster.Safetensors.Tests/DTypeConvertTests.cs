@@ -4,6 +4,7 @@ using FsCheck.Fluent;
 
 namespace MergeCluster.Safetensors.Tests;
 
+[Trait("Category", "Kernel")]
 public class DTypeConvertTests
 {
     public static TheoryData<DType> NarrowTypes => new() { DType.F16, DType.BF16, DType.F8_E4M3, DType.F8_E5M2 };

@@ -3,6 +3,7 @@ using MergeCluster.Merge.Numerics;
 namespace MergeCluster.Merge.Tests.Merging;
 
 /// <summary>The statistics kernels: results fixed by the data alone, whatever the SIMD path or block split.</summary>
+[Trait("Category", "Kernel")]
 public class StatisticsKernelTests
 {
     private static double[][] Vectors(int count, int length, int seed)
