@@ -159,6 +159,39 @@ public sealed class JobGrainTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Contains(spans, s => s.TraceId == trace && s.OperationName.Contains("IJobRegistryGrain/Submit"));
     }
 
+    /// <summary>
+    /// The methods that need every term of a tensor at once (TIES, DARE with its seeded mask, Weiszfeld, model stock)
+    /// run in the cluster's final tasks: the file equals the embedded merge's, in the tree shape and the fused one.
+    /// </summary>
+    [Theory]
+    [InlineData("tree")]
+    [InlineData("fused")]
+    public async Task Merge_methods_beyond_the_mean_give_the_local_file_bit_for_bit(string shape)
+    {
+        await File.WriteAllTextAsync(_recipe, """
+            models:
+              base: models/m0.safetensors
+              m1: models/m1.safetensors
+              m2: models/m2.safetensors
+              m3: models/m3.safetensors
+              m4: models/m4.safetensors
+            base: base
+            components:
+              unet: { method: ties, models: [m1, m2, m3, m4], k: 0.3 }
+              te0: { method: geometric_median, models: [m1, m2, m3, base] }
+              te1: { method: dare, models: [m1, m2, m4], probability: 0.4, seed: 7 }
+              vae: { method: model_stock, models: [m1, m2, m4] }
+            output: { path: out/cluster.safetensors, dtype: f16 }
+            reduce: { group: 2 }
+
+            """);
+        var cluster = await StartAsync(["m1.safetensors", "m2.safetensors"], ["m3.safetensors", "m4.safetensors"]);
+        var end = await EndAsync(cluster, await SubmitAsync(cluster, shape));
+        Assert.True(end.State == JobPhase.Succeeded, end.Error);
+        Assert.Equal(shape, end.Shape, ignoreCase: true);
+        Assert.Equal(await MergeInputs.LocalMergeAsync(_root, _recipe), await File.ReadAllBytesAsync(_root.File("out/cluster.safetensors")));
+    }
+
     [Fact]
     public async Task A_corrupt_input_fails_the_job_after_three_attempts_with_the_error_in_status()
     {
