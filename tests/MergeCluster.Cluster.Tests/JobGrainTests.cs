@@ -168,14 +168,7 @@ public sealed class JobGrainTests(ITestOutputHelper output) : IAsyncLifetime
     [InlineData("fused")]
     public async Task Merge_methods_beyond_the_mean_give_the_local_file_bit_for_bit(string shape)
     {
-        await File.WriteAllTextAsync(_recipe, """
-            models:
-              base: models/m0.safetensors
-              m1: models/m1.safetensors
-              m2: models/m2.safetensors
-              m3: models/m3.safetensors
-              m4: models/m4.safetensors
-            base: base
+        await File.WriteAllTextAsync(_recipe, MergeInputs.Models + """
             components:
               unet: { method: ties, models: [m1, m2, m3, m4], k: 0.3 }
               te0: { method: geometric_median, models: [m1, m2, m3, base] }

@@ -3,6 +3,18 @@ namespace MergeCluster.Cluster.Tests.Infrastructure;
 /// <summary>Small SDXL-structured models and a component recipe whose tree has three leaves per shard.</summary>
 public static class MergeInputs
 {
+    /// <summary>The recipe's `models:` and `base:` lines for the five models <see cref="WriteAsync"/> writes.</summary>
+    public const string Models = """
+        models:
+          base: models/m0.safetensors
+          m1: models/m1.safetensors
+          m2: models/m2.safetensors
+          m3: models/m3.safetensors
+          m4: models/m4.safetensors
+        base: base
+
+        """;
+
     /// <summary>Five models under ROOT/models (one bf16, one without VAE), and ROOT/recipe.yaml writing ROOT/out/OUTPUT.</summary>
     public static async Task<string> WriteAsync(TempDirectory root, string outputName = "cluster.safetensors", double scale = 0.04)
     {
@@ -22,14 +34,7 @@ public static class MergeInputs
         }
         foreach (var r in await Task.WhenAll(synth)) Assert.True(r.ExitCode == 0, r.Output);
         var recipe = root.File("recipe.yaml");
-        await File.WriteAllTextAsync(recipe, $$"""
-            models:
-              base: models/m0.safetensors
-              m1: models/m1.safetensors
-              m2: models/m2.safetensors
-              m3: models/m3.safetensors
-              m4: models/m4.safetensors
-            base: base
+        await File.WriteAllTextAsync(recipe, Models + $$"""
             components:
               unet: { method: mean, models: [m1, m2, m3, m4, base], weights: [1, 1, 2, 1, 0.5] }
               te0: { method: mean, models: [m2, m3, m4] }
