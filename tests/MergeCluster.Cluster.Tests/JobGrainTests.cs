@@ -40,11 +40,12 @@ public sealed class JobGrainTests(ITestOutputHelper output) : IAsyncLifetime
     {
         var storage = StorageConnection.Parse((await Azurite.Shared).ConnectionString);
         var roots = new DataRoots([_root.Path]);
-        var names = new ConcurrentDictionary<string, int>();
         var builder = new InProcessTestClusterBuilder((short)models.Length);
         builder.ConfigureSilo((options, silo) =>
         {
-            int index = names.GetOrAdd(options.SiloName, _ => names.Count);
+            // Silos are configured concurrently, so the index comes from the test cluster's own name for the silo
+            // ("Silo_<i>"), not from the order the callbacks run in: a shared counter gave both silos index 0.
+            int index = SiloIndex(options.SiloName);
             var identity = new SiloIdentity($"silo{index}", Threads: 1, roots, models[index].ToImmutableSortedSet(StringComparer.Ordinal));
             SiloHost.AddMergeCluster(silo, storage, identity);
         });
@@ -55,6 +56,14 @@ public sealed class JobGrainTests(ITestOutputHelper output) : IAsyncLifetime
         // Every silo's metadata (its models and slots) is known to every other before a job is planned.
         await Poll.UntilAsync(async () => (await cluster.Client.GetGrain<IClusterGrain>(0).Silos()).Length == models.Length, "both silos are announced");
         return _cluster = cluster;
+    }
+
+    private static int SiloIndex(string siloName)
+    {
+        int separator = siloName.LastIndexOf('_');
+        return separator >= 0 && int.TryParse(siloName.AsSpan(separator + 1), out int index)
+            ? index
+            : throw new InvalidOperationException($"the test cluster named a silo '{siloName}', not 'Silo_<index>'");
     }
 
     private async Task<long> SubmitAsync(InProcessTestCluster cluster, string shape, string? traceParent = null)
