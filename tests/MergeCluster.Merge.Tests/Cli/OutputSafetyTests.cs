@@ -114,6 +114,7 @@ public class OutputSafetyTests : IDisposable
         Posix.SparseCheckpoint(_dir.File("big.safetensors"), 16L << 30);
         File.WriteAllText(_dir.File("out.safetensors"), "the previous merge");
         File.WriteAllText(_dir.File("recipe.yaml"), "models:\n  big: big.safetensors\ncomponents:\n  all: { method: mean, models: [big] }\noutput: out.safetensors\n");
+        Posix.UnignoreForChildren(signal);
         using var merge = Support.Cli.Start(["merge", _dir.File("recipe.yaml")], _dir.Path, _env);
         await merge.WaitForStderrAsync("merge: hashing", TimeSpan.FromMinutes(5));
         merge.Signal(signal);

@@ -199,6 +199,7 @@ public class SweepCommandTests : IDisposable
         string dir = _dir.File("out");
         Directory.CreateDirectory(dir);
         File.WriteAllText(Path.Combine(dir, "big-minus-big1.safetensors"), "the previous candidate");
+        Posix.UnignoreForChildren(signal);
         using var sweep = Support.Cli.Start(["sweep", _dir.File("big.yaml"), "--leave-one-out", "unet", "-o", dir, "--threads", "1"], _dir.Path, _env);
         await sweep.WaitForStderrAsync("sweep: hashing", TimeSpan.FromMinutes(5));
         sweep.Signal(signal);

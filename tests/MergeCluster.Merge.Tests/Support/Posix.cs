@@ -11,6 +11,23 @@ public static partial class Posix
     [LibraryImport("libc", EntryPoint = "mkfifo", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int MakeFifo(string path, int mode);
 
+    [LibraryImport("libc", EntryPoint = "signal", SetLastError = true)]
+    private static partial nint SetSignal(int signal, nint handler);
+
+    /// <summary>
+    /// Gives <paramref name="signal"/> its default action in this process if it came here ignored, so that a child
+    /// started now can act on it. A shell that runs the tests in the background (`nohup ... &`, or `&` without job
+    /// control) starts them with SIGINT, SIGQUIT or SIGHUP ignored; a child inherits that, and the CLI rightly keeps
+    /// an ignored signal ignored, as nohup expects. A signal this process handles is left alone.
+    /// </summary>
+    public static void UnignoreForChildren(int signal)
+    {
+        var line = File.ReadLines("/proc/self/status").First(l => l.StartsWith("SigIgn:", StringComparison.Ordinal));
+        ulong ignored = Convert.ToUInt64(line["SigIgn:".Length..].Trim(), 16);
+        if ((ignored & (1UL << (signal - 1))) == 0) return;
+        if (SetSignal(signal, 0) == -1) throw new IOException($"signal {signal}: errno {Marshal.GetLastPInvokeError()}");
+    }
+
     /// <summary>A hard link: a second name for the same inode.</summary>
     public static void HardLink(string existing, string created)
     {
