@@ -8,6 +8,8 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # BENCH_LOGS=DIR keeps the processes' logs (the silos', Azurite's, the last client's) for reading phases off them.
+  if [[ -n "${BENCH_LOGS:-}" ]]; then mkdir -p "$BENCH_LOGS" && cp "$work"/*.log "$BENCH_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -220,6 +220,26 @@ public sealed class JobGrainTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Each_silo_is_handed_one_task_beyond_its_slots_which_waits_there_for_a_slot()
+    {
+        var cluster = await StartAsync([], []);
+        long id;
+        using (await HoldSlotsAsync(cluster))
+        {
+            id = await SubmitAsync(cluster, "fused");
+            // Two silos of one slot each: a task for each slot and one queued behind it, no more, while none can run.
+            var handedOut = await WaitAsync(cluster, id, s => s.Tasks.Running >= 4, "hands out a task beyond each silo's slot");
+            Assert.Equal((4, 0), (handedOut.Tasks.Running, handedOut.Tasks.Done));
+            Assert.True(handedOut.Tasks.Pending > 0, $"{handedOut.Tasks.Total} tasks");
+            var silos = handedOut.Notable.Where(t => t.State == "running").Select(t => t.Silo).Order().ToList();
+            Assert.Equal(["silo0", "silo0", "silo1", "silo1"], silos);
+        }
+        var end = await EndAsync(cluster, id);
+        Assert.True(end.State == JobPhase.Succeeded, end.Error);
+        Assert.Equal(await MergeInputs.LocalMergeAsync(_root, _recipe), await File.ReadAllBytesAsync(_root.File("out/cluster.safetensors")));
+    }
+
+    [Fact]
     public async Task Cancelling_a_job_stops_it_and_removes_its_files()
     {
         var cluster = await StartAsync([], []);

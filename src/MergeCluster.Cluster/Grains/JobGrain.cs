@@ -32,6 +32,11 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
     private static readonly TimeSpan EndingGrace = TimeSpan.FromSeconds(30);
     /// <summary>Writes of the record are at least this far apart, so a burst of reports costs one write.</summary>
     private static readonly TimeSpan MinSaveInterval = TimeSpan.FromMilliseconds(200);
+    /// <summary>
+    /// Tasks a silo is handed beyond its slots, queued in the shard grain's wait for one: a slot that frees starts the
+    /// next task at once, instead of idling through the report's round trip to this grain and the next dispatch.
+    /// </summary>
+    private const int QueuedPerSilo = 1;
 
     private readonly IPersistentState<JobRecord> _state;
     private readonly SiloIdentity _silo;
@@ -227,12 +232,12 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         switch (_record.Phase)
         {
             case JobPhase.Queued:
-                _background = PlanAsync();
+                InBackground(PlanAsync);
                 return;
             case JobPhase.Running:
                 if (_job is null)
                 {
-                    _background = OpenAsync();
+                    InBackground(OpenAsync);
                     return;
                 }
                 await ConfirmAsync();
@@ -240,7 +245,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
                 if (_record.Phase != JobPhase.Running) return;
                 if (Count(TaskState.Done) == _record.States.Length)
                 {
-                    _background = AssembleAsync();
+                    InBackground(AssembleAsync);
                     return;
                 }
                 await DispatchAsync();
@@ -249,8 +254,25 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
                 // Failed or cancelled: once no attempt still runs (or they had their grace), its files go.
                 FindLost();
                 _endingSince ??= DateTimeOffset.UtcNow;
-                if (_running.Count == 0 || DateTimeOffset.UtcNow - _endingSince > EndingGrace) _background = CleanupAsync();
+                if (_running.Count == 0 || DateTimeOffset.UtcNow - _endingSince > EndingGrace) InBackground(CleanupAsync);
                 return;
+        }
+    }
+
+    /// <summary>
+    /// Runs a step's long work (planning, opening, assembly, cleanup) off the pump; when it ends the job moves on at
+    /// once, not at the next tick. Work that failed is tried again at the next tick, not in a loop.
+    /// </summary>
+    private void InBackground(Func<Task> work)
+    {
+        _background = RunAsync();
+
+        async Task RunAsync()
+        {
+            await Task.Yield();
+            await work();
+            _background = null;
+            _ = PumpAsync();
         }
     }
 
@@ -352,7 +374,7 @@ internal sealed partial class JobGrain : Grain, IJobGrain, IRemindable
         if (_ready.Count == 0) return;
         var silos = LiveSilo.All(_membership, _metadata);
         if (silos.Count == 0) return;
-        var free = silos.ToDictionary(s => s.Address, s => s.Threads);
+        var free = silos.ToDictionary(s => s.Address, s => s.Threads + QueuedPerSilo);
         foreach (var (index, run) in _running)
             if ((TaskState)_record.States[index] == TaskState.Running && free.ContainsKey(run.Silo)) free[run.Silo]--;
         var submission = _record.Submission!;

@@ -25,6 +25,9 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
     private Task? _work;
     // The attempt is computing; once it only reports its outcome, the next attempt may start here.
     private bool _executing;
+    // The attempt has its task slot; before that it is only queued here (the job grain hands out one task per silo
+    // beyond its slots, so a slot never idles through a report's round trip) and a draining silo hands it back at once.
+    private bool _computing;
 
     public Task<TaskStarted> Run(TaskOrder order)
     {
@@ -36,6 +39,7 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
         _cancel?.Dispose();
         _cancel = new CancellationTokenSource();
         _executing = true;
+        _computing = false;
         // The task may run longer than the idle-collection age; the activation goes when the report is taken.
         DelayDeactivation(TimeSpan.FromDays(1));
         var parent = Activity.Current?.Context ?? MergeTelemetry.ParentOf(order.Submission.TraceParent);
@@ -81,38 +85,50 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
 
     private async Task<TaskReport> ExecuteAsync(TaskOrder order, Activity? span, CancellationToken ct)
     {
+        OpenJobs.Lease? lease = null;
         try
         {
-            using var slot = await slots.AcquireAsync(ct);
-            LogStarted(log, order.Job, order.TaskName, order.Attempt);
-            // A thread of its own: the task computes for seconds, and neither the grain's scheduler nor the thread pool should wait on it.
-            var bytes = await Task.Factory.StartNew(() =>
+            MergeTask task;
+            TaskBytes bytes;
+            using (await slots.AcquireAsync(ct))
             {
-                OpenJobs.Lease lease;
-                try
+                _computing = true;
+                LogStarted(log, order.Job, order.TaskName, order.Attempt);
+                // A thread of its own: the task computes for seconds, and neither the grain's scheduler nor the thread pool should wait on it.
+                (lease, task, bytes) = await Task.Factory.StartNew(() =>
                 {
-                    lease = jobs.Acquire(order);
-                }
-                catch (Exception e) when (e is not OperationCanceledException)
-                {
-                    // This silo sees other inputs than the planner did (a copy still syncing, a corrupt local file):
-                    // another attempt, perhaps on another silo, may see the right ones.
-                    throw new JobOpenException(e);
-                }
-                using (lease)
-                {
-                    var task = lease.Run.Job.Tasks[order.Task];
-                    span?.SetTag(MergeTelemetry.KindTag, task.Kind).SetTag(MergeTelemetry.BytesTag, task.Bytes);
+                    OpenJobs.Lease opened;
                     try
                     {
-                        return lease.Run.Run(task, order.Attempt, ct, durable: true);
+                        opened = jobs.Acquire(order);
+                    }
+                    catch (Exception e) when (e is not OperationCanceledException)
+                    {
+                        // This silo sees other inputs than the planner did (a copy still syncing, a corrupt local file):
+                        // another attempt, perhaps on another silo, may see the right ones.
+                        throw new JobOpenException(e);
+                    }
+                    try
+                    {
+                        var t = opened.Run.Job.Tasks[order.Task];
+                        span?.SetTag(MergeTelemetry.KindTag, t.Kind).SetTag(MergeTelemetry.BytesTag, t.Bytes);
+                        return (opened, t, opened.Run.Run(t, order.Attempt, ct));
                     }
                     catch (PartialSumMissingException e)
                     {
-                        throw new RedoException(e, ((MergeJob)lease.Run.Job).ProducerOf(e.Shard, e.Node).Index);
+                        opened.Dispose();
+                        throw new RedoException(e, ((MergeJob)opened.Run.Job).ProducerOf(e.Shard, e.Node).Index);
                     }
-                }
-            }, ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+                    catch
+                    {
+                        opened.Dispose();
+                        throw;
+                    }
+                }, ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+            }
+            // The slot is free again: the task queued here computes while the disk takes this one's bytes. The task
+            // is reported done only once they are durable.
+            await Task.Factory.StartNew(() => lease.Run.Flush(task), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
             return new TaskReport(order.Task, order.Attempt, TaskOutcome.Done, null, false, silo.Name, bytes.Read, bytes.Written);
         }
         catch (Exception) when (ct.IsCancellationRequested)
@@ -130,6 +146,10 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
         catch (Exception e)
         {
             return new TaskReport(order.Task, order.Attempt, TaskOutcome.Failed, ErrorText.OneLine(e), MergeJob.IsPermanent(e), silo.Name, 0, 0);
+        }
+        finally
+        {
+            lease?.Dispose();
         }
     }
 
@@ -158,7 +178,9 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
     {
         if (_work is { IsCompleted: false } work)
         {
-            // Graceful shutdown (or any other deactivation while a task runs): let it finish for a while, then hand it back.
+            // Graceful shutdown (or any other deactivation while a task runs): let it finish for a while, then hand it
+            // back; one only queued for a slot goes back at once.
+            if (!_computing) _cancel?.Cancel();
             await Task.WhenAny(work, Task.Delay(DrainGrace, cancellationToken));
             if (!work.IsCompleted)
             {

@@ -44,10 +44,9 @@ public sealed class JobRun : IShardedRun
 
     /// <summary>
     /// Runs one task on the calling thread. Partial sums are written to a file of this run's own and committed by
-    /// rename, so a dead attempt's bytes never reach a reader; with <paramref name="durable"/> the output is flushed
-    /// to disk before it returns, as a cluster needs before it records the task done on another machine.
+    /// rename, so a dead attempt's bytes never reach a reader; the output's bytes are flushed by <see cref="Flush"/>.
     /// </summary>
-    public TaskBytes Run(MergeTask task, int attempt, CancellationToken ct, bool durable = false)
+    public TaskBytes Run(MergeTask task, int attempt, CancellationToken ct)
     {
         var plan = _job.Plan;
         var shard = plan.Shards[task.Shard];
@@ -63,7 +62,6 @@ public sealed class JobRun : IShardedRun
             {
                 case TaskKinds.Fused:
                     executor.RunFused(shard, _output, ct);
-                    if (durable) _output.Flush();
                     break;
                 case TaskKinds.Leaf:
                     WritePartial(shard, new PartialNode(0, task.Node), attempt, s => executor.RunLeaf(shard, task.Node, s, ct));
@@ -82,7 +80,6 @@ public sealed class JobRun : IShardedRun
                         var root = new ShardTree(plan, shard).Root;
                         using var data = root is null ? null : OpenPartial(shard, root);
                         executor.RunFinal(shard, root, data, _output, ct);
-                        if (durable) _output.Flush();
                         break;
                     }
                 default:
@@ -100,6 +97,11 @@ public sealed class JobRun : IShardedRun
             _idle.Add(executor);
         }
         return new TaskBytes(executor.BytesRead - read0, executor.BytesWritten - written0);
+    }
+
+    public void Flush(MergeTask task)
+    {
+        if (task.WritesOutput) _output.Flush();
     }
 
     /// <summary>

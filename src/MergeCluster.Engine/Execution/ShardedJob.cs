@@ -48,10 +48,17 @@ public interface IShardedRun : IDisposable
     IShardedJob Job { get; }
 
     /// <summary>
-    /// Runs one task on the calling thread; with <paramref name="durable"/> what it wrote is on disk before it returns,
-    /// as a cluster needs before it records the task done on another machine.
+    /// Runs one task on the calling thread. Files it writes whole (partial sums) are durable when it returns; what it
+    /// wrote into the job's outputs may still be in the page cache until <see cref="Flush"/>.
     /// </summary>
-    TaskBytes Run(MergeTask task, int attempt, CancellationToken ct, bool durable = false);
+    TaskBytes Run(MergeTask task, int attempt, CancellationToken ct);
+
+    /// <summary>
+    /// Puts on disk what <see cref="Run"/> wrote of <paramref name="task"/> into the job's outputs, as a cluster needs
+    /// before it records the task done on another machine. Apart from Run so that a silo can compute its next task
+    /// while the disk takes this one.
+    /// </summary>
+    void Flush(MergeTask task);
 }
 
 /// <summary>Files a task writes whole: under a name of the attempt's own, fsynced, then renamed into place.</summary>

@@ -203,7 +203,7 @@ public sealed class DistanceRun : IShardedRun
     }
 
     /// <summary>A cluster task: the shard's partial, written whole (fsynced, renamed) into the job's scratch directory.</summary>
-    public TaskBytes Run(MergeTask task, int attempt, CancellationToken ct, bool durable = false)
+    public TaskBytes Run(MergeTask task, int attempt, CancellationToken ct)
     {
         var shard = _plan.Shards[task.Shard];
         Activity.Current?.SetTag(Telemetry.MergeTelemetry.ShardTag, shard.Index);
@@ -218,6 +218,9 @@ public sealed class DistanceRun : IShardedRun
         Telemetry.MergeTelemetry.BytesWritten.Add(written);
         return new TaskBytes(shard.InputBytes, written);
     }
+
+    /// <summary>Nothing to do: a distance task writes only its partial, durable when Run returns.</summary>
+    public void Flush(MergeTask task) { }
 
     public void Dispose() => _inputs.Dispose();
 }

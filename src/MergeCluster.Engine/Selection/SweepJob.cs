@@ -436,19 +436,23 @@ internal sealed class SweepRun : IShardedRun
 
     public IShardedJob Job => _job;
 
-    public TaskBytes Run(MergeTask task, int attempt, CancellationToken ct, bool durable = false)
+    public TaskBytes Run(MergeTask task, int attempt, CancellationToken ct)
     {
         var shard = _job.Shards[task.Shard];
         System.Diagnostics.Activity.Current?.SetTag(Telemetry.MergeTelemetry.ShardTag, shard.Index);
         var executor = _idle.TryTake(out var e) ? e : new SweepExecutor(_job, _inputs, _writers, _progress);
         try { executor.Run(shard, ct); }
         finally { _idle.Add(executor); }
-        if (durable)
-            foreach (var w in _writers) w.Flush();
         long written = _job.OutputBytesOf(shard);
         Telemetry.MergeTelemetry.BytesRead.Add(shard.InputBytes);
         Telemetry.MergeTelemetry.BytesWritten.Add(written);
         return new TaskBytes(shard.InputBytes, written);
+    }
+
+    /// <summary>Every candidate's output holds the task's shard.</summary>
+    public void Flush(MergeTask task)
+    {
+        foreach (var w in _writers) w.Flush();
     }
 
     public void Dispose()
