@@ -100,6 +100,9 @@ public sealed class SelectionJobTests(ITestOutputHelper output)
             (["--kind", "sweep", recipe, "--swap", "nope"], "error: unknown component 'nope'"),
             ([recipe, "--blocks"], "error: --base, --component and --blocks are options of --kind distance"),
             ([recipe, recipe], "error: submit --kind merge takes one recipe, not 2 arguments"),
+            (["--kind", "sweep", recipe, "--leave-one-out", "unet", "--dtype", "f32"], "error: --dtype and --nonfinite are options of --kind merge, not of --kind sweep"),
+            (["--kind", "distance", recipe, "-o", "x", "--nonfinite", "error"], "error: --dtype and --nonfinite are options of --kind merge, not of --kind distance"),
+            (["--kind", "distance", recipe, "-o", "x", "--no-hash"], "error: --no-hash is an option of --kind merge and --kind sweep: a distance map records no hashes"),
         })
         {
             var r = await cluster.CliAsync(["submit", .. args]);

@@ -81,6 +81,11 @@ public static class SubmitCommand
                 throw new MergeException("--base, --component and --blocks are options of --kind distance");
             if (!sweep && (parse.GetValue(leaveOneOut) is not null || parse.GetValue(swap) is not null))
                 throw new MergeException("--leave-one-out and --swap are options of --kind sweep");
+            // Options of the merge that the other kinds would silently ignore are refused, as the local commands would.
+            if (jobKind != JobKinds.Merge && (parse.GetValue(dtype) is not null || parse.GetResult(nonFinite) is { Implicit: false }))
+                throw new MergeException($"--dtype and --nonfinite are options of --kind merge, not of --kind {jobKind}");
+            if (distance && parse.GetValue(noHash))
+                throw new MergeException("--no-hash is an option of --kind merge and --kind sweep: a distance map records no hashes");
             if (!distance && given.Length != 1) throw new MergeException($"submit --kind {jobKind} takes one recipe, not {given.Length} arguments");
 
             var settings = cluster.Resolve(parse);
