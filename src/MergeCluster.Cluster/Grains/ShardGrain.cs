@@ -85,6 +85,7 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
 
     private async Task<TaskReport> ExecuteAsync(TaskOrder order, Activity? span, CancellationToken ct)
     {
+        // Taken on the task's thread and given back in the finally below, whatever happens: the flush needs it too.
         OpenJobs.Lease? lease = null;
         try
         {
@@ -95,12 +96,11 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
                 _computing = true;
                 LogStarted(log, order.Job, order.TaskName, order.Attempt);
                 // A thread of its own: the task computes for seconds, and neither the grain's scheduler nor the thread pool should wait on it.
-                (lease, task, bytes) = await Task.Factory.StartNew(() =>
+                (task, bytes) = await Task.Factory.StartNew(() =>
                 {
-                    OpenJobs.Lease opened;
                     try
                     {
-                        opened = jobs.Acquire(order);
+                        lease = jobs.Acquire(order);
                     }
                     catch (Exception e) when (e is not OperationCanceledException)
                     {
@@ -108,26 +108,21 @@ internal sealed partial class ShardGrain(OpenJobs jobs, TaskSlots slots, SiloIde
                         // another attempt, perhaps on another silo, may see the right ones.
                         throw new JobOpenException(e);
                     }
+                    var t = lease.Run.Job.Tasks[order.Task];
+                    span?.SetTag(MergeTelemetry.KindTag, t.Kind).SetTag(MergeTelemetry.BytesTag, t.Bytes);
                     try
                     {
-                        var t = opened.Run.Job.Tasks[order.Task];
-                        span?.SetTag(MergeTelemetry.KindTag, t.Kind).SetTag(MergeTelemetry.BytesTag, t.Bytes);
-                        return (opened, t, opened.Run.Run(t, order.Attempt, ct));
+                        return (t, lease.Run.Run(t, order.Attempt, ct));
                     }
                     catch (PartialSumMissingException e)
                     {
-                        opened.Dispose();
-                        throw new RedoException(e, ((MergeJob)opened.Run.Job).ProducerOf(e.Shard, e.Node).Index);
-                    }
-                    catch
-                    {
-                        opened.Dispose();
-                        throw;
+                        throw new RedoException(e, ((MergeJob)lease.Run.Job).ProducerOf(e.Shard, e.Node).Index);
                     }
                 }, ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
             }
             // The slot is free again: the task queued here computes while the disk takes this one's bytes. The task
             // is reported done only once they are durable.
+            Debug.Assert(lease is not null, "the lease is taken before the task runs");
             await Task.Factory.StartNew(() => lease.Run.Flush(task), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
             return new TaskReport(order.Task, order.Attempt, TaskOutcome.Done, null, false, silo.Name, bytes.Read, bytes.Written);
         }
