@@ -228,7 +228,9 @@ public sealed class JobGrainTests(ITestOutputHelper output) : IAsyncLifetime
         {
             id = await SubmitAsync(cluster, "fused");
             // Two silos of one slot each: a task for each slot and one queued behind it, no more, while none can run.
-            var handedOut = await WaitAsync(cluster, id, s => s.Tasks.Running >= 4, "hands out a task beyond each silo's slot");
+            // A task counts as running from its dispatch; its silo is recorded once the shard grain answers, so wait for both.
+            var handedOut = await WaitAsync(cluster, id, s => s.Tasks.Running >= 4 && s.Notable.Count(t => t.State == "running" && t.Silo is not null) >= 4,
+                "hands out a task beyond each silo's slot");
             Assert.Equal((4, 0), (handedOut.Tasks.Running, handedOut.Tasks.Done));
             Assert.True(handedOut.Tasks.Pending > 0, $"{handedOut.Tasks.Total} tasks");
             var silos = handedOut.Notable.Where(t => t.State == "running").Select(t => t.Silo).Order().ToList();
