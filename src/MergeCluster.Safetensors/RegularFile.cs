@@ -40,7 +40,13 @@ public static partial class RegularFile
 {
     // asm-generic values, except where arm, arm64 and powerpc differ.
     private static readonly int NoFollow = RuntimeInformation.ProcessArchitecture is Architecture.Arm or Architecture.Arm64 or Architecture.Ppc64le ? 0x8000 : 0x20000;
-    private const int ReadOnly = 0, ReadWrite = 2, Create = 0x40, Exclusive = 0x80, NonBlock = 0x800, CloseOnExec = 0x80000;
+    private static readonly int Direct = RuntimeInformation.ProcessArchitecture switch
+    {
+        Architecture.Arm or Architecture.Arm64 => 0x10000,
+        Architecture.Ppc64le => 0x20000,
+        _ => 0x4000,
+    };
+    private const int ReadOnly = 0, WriteOnly = 1, ReadWrite = 2, Create = 0x40, Exclusive = 0x80, NonBlock = 0x800, CloseOnExec = 0x80000;
     private const int AtFdCwd = -100, AtSymlinkNoFollow = 0x100, AtEmptyPath = 0x1000;
     private const uint StatxBasicStats = 0x7ff, StatxBirthTime = 0x800;
     private const int LockExclusive = 2, LockNonBlocking = 4;
@@ -118,6 +124,31 @@ public static partial class RegularFile
         int fd = Open(path, ReadWrite | Create | Exclusive | NoFollow | CloseOnExec, 0x1B6 /* 0666, less the umask */);
         if (fd < 0) throw Failure(path, Marshal.GetLastPInvokeError(), "cannot create");
         return new SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    /// <summary>
+    /// A second, write-only handle on an open file, with O_DIRECT, for writes that bypass the page cache. It is opened
+    /// through /proc/self/fd, which reopens the open file's own inode rather than resolving a path, and checked to be
+    /// that file. Null where the system or the filesystem does not allow it (no /proc, tmpfs, some FUSE).
+    /// </summary>
+    public static SafeFileHandle? ReopenDirect(SafeFileHandle handle)
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        bool added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            int fd = Open($"/proc/self/fd/{handle.DangerousGetHandle()}", WriteOnly | Direct | CloseOnExec, 0);
+            if (fd < 0) return null;
+            var direct = new SafeFileHandle(fd, ownsHandle: true);
+            if (Identity(direct) == Identity(handle)) return direct;
+            direct.Dispose();
+            return null;
+        }
+        finally
+        {
+            if (added) handle.DangerousRelease();
+        }
     }
 
     /// <summary>Creates a directory that must not exist yet (mkdir(2), mode 0700): nothing planted there is ever used.</summary>

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.RegularExpressions;
@@ -10,9 +11,23 @@ namespace MergeCluster.Safetensors;
 /// and <see cref="Commit"/> fsyncs and renames. Until then the target path is never touched, and the file written is
 /// always one this writer created (see <see cref="OutputTemp"/>), never one a symlink leads to.
 /// </summary>
+/// <remarks>
+/// The whole pages of a large <see cref="WriteBehind"/> go to the disk directly (O_DIRECT) when the caller placed its
+/// bytes at an address that agrees with their file offset modulo <see cref="DirectAlignment"/> (<see cref="OutputBuffer"/> does): written
+/// through the page cache, a merge's output cost more system time than all of its arithmetic, for a copy into pages
+/// nobody reads again before the fsync. The partial pages at a write's ends, which it may share with its neighbours,
+/// always go through the page cache, so no page is ever written both ways.
+/// </remarks>
 public sealed class SafetensorsWriter : IDisposable
 {
+    /// <summary>File offset and memory alignment of the bytes written directly: the page size, which every Linux filesystem with O_DIRECT accepts.</summary>
+    public const int DirectAlignment = 4096;
+    /// <summary>Writes shorter than this go through the page cache whole: a direct write waits for the disk.</summary>
+    private const int MinDirectBytes = 64 << 10;
+
     private SafeFileHandle? _handle;
+    private SafeFileHandle? _direct;
+    private volatile bool _directRefused;
     private bool _committed;
     private readonly bool _owner;
 
@@ -23,6 +38,7 @@ public sealed class SafetensorsWriter : IDisposable
         TempIdentity = identity;
         Layout = layout;
         _handle = handle;
+        _direct = RegularFile.ReopenDirect(handle);
         _owner = owner;
     }
 
@@ -71,12 +87,63 @@ public sealed class SafetensorsWriter : IDisposable
         return new SafetensorsWriter(Path.GetFullPath(targetPath), tempPath, identity, layout, handle, owner: false);
     }
 
-    /// <summary>Writes bytes at an offset within one tensor; thread-safe (positional writes).</summary>
-    public void Write(TensorInfo tensor, long offsetInTensor, ReadOnlySpan<byte> bytes)
+    /// <summary>Writes bytes at an offset within one tensor, through the page cache; thread-safe (positional writes).</summary>
+    public void Write(TensorInfo tensor, long offsetInTensor, ReadOnlySpan<byte> bytes) =>
+        RandomAccess.Write(Handle, bytes, FileOffset(tensor, offsetInTensor, bytes.Length));
+
+    /// <summary>
+    /// Writes bytes at an offset within one tensor as <see cref="Write"/> does, except that when the bytes are placed
+    /// for it (see the remarks) their whole pages go to the disk directly, in the background: the task ends when every
+    /// byte is written, and the bytes must stay as they are until then. The partial pages at the ends are written
+    /// before it returns.
+    /// </summary>
+    public Task WriteBehind(TensorInfo tensor, long offsetInTensor, ReadOnlyMemory<byte> bytes)
     {
-        if (offsetInTensor < 0 || offsetInTensor + bytes.Length > tensor.ByteLength)
+        long offset = FileOffset(tensor, offsetInTensor, bytes.Length);
+        var span = bytes.Span;
+        if (bytes.Length >= MinDirectBytes && _direct is { } direct && !_directRefused)
+        {
+            int head = (int)(-offset & (DirectAlignment - 1));
+            int body = (bytes.Length - head) & -DirectAlignment;
+            if (body > 0 && IsPlaced(span[head..]))
+            {
+                Debug.Assert((offset + head) % DirectAlignment == 0 && body % DirectAlignment == 0);
+                if (head > 0) RandomAccess.Write(Handle, span[..head], offset);
+                if (head + body < bytes.Length) RandomAccess.Write(Handle, span[(head + body)..], offset + head + body);
+                return WriteDirect(direct, bytes.Slice(head, body), offset + head);
+            }
+        }
+        RandomAccess.Write(Handle, span, offset);
+        return Task.CompletedTask;
+    }
+
+    /// <summary>Whether whole pages of writes go to the disk directly (false where the filesystem refused O_DIRECT).</summary>
+    public bool WritesDirect => _direct is not null && !_directRefused;
+
+    /// <summary>
+    /// Whole pages with O_DIRECT. A filesystem that refuses the write (some accept the open and not the write) gets
+    /// these pages, and every later write, through the page cache instead.
+    /// </summary>
+    private async Task WriteDirect(SafeFileHandle direct, ReadOnlyMemory<byte> pages, long offset)
+    {
+        try { await RandomAccess.WriteAsync(direct, pages, offset).ConfigureAwait(false); }
+        catch (IOException)
+        {
+            _directRefused = true;
+            RandomAccess.Write(Handle, pages.Span, offset);
+        }
+    }
+
+    private static unsafe bool IsPlaced(ReadOnlySpan<byte> pages)
+    {
+        fixed (byte* p = pages) return ((nint)p & (DirectAlignment - 1)) == 0;
+    }
+
+    private long FileOffset(TensorInfo tensor, long offsetInTensor, int length)
+    {
+        if (offsetInTensor < 0 || offsetInTensor + length > tensor.ByteLength)
             throw new ArgumentOutOfRangeException(nameof(offsetInTensor), $"write past the end of '{tensor.Key}'");
-        RandomAccess.Write(Handle, bytes, Layout.FileOffset(tensor) + offsetInTensor);
+        return Layout.FileOffset(tensor) + offsetInTensor;
     }
 
     /// <summary>The open temporary file, for hints such as write-back (never for writes that bypass <see cref="Write"/>).</summary>
@@ -92,6 +159,7 @@ public sealed class SafetensorsWriter : IDisposable
         RegularFile.Rename(TempPath, TargetPath);
         _committed = true;
         // The lock goes with the handle, after the rename: until then the file is a live run's, not a dead one's.
+        CloseDirect();
         _handle!.Dispose();
         _handle = null;
         FileDurability.SyncDirectory(Path.GetDirectoryName(TargetPath)!);
@@ -109,8 +177,15 @@ public sealed class SafetensorsWriter : IDisposable
     /// <summary>Closes the temporary file without removing it: a cluster job's file outlives the process that created it.</summary>
     public void Detach()
     {
+        CloseDirect();
         _handle?.Dispose();
         _handle = null;
+    }
+
+    private void CloseDirect()
+    {
+        _direct?.Dispose();
+        _direct = null;
     }
 
     private static void DeleteAndClose(string temp, SafeFileHandle handle)
@@ -123,6 +198,7 @@ public sealed class SafetensorsWriter : IDisposable
     /// <summary>Without a commit, the temporary file this writer created is removed and the target stays as it was.</summary>
     public void Dispose()
     {
+        CloseDirect();
         if (_handle is null) return;
         if (_owner && !_committed) DeleteAndClose(TempPath, _handle);
         else _handle.Dispose();

@@ -32,7 +32,7 @@ public sealed unsafe class ShardExecutor
     private readonly int _chunk;
     private readonly int _block;
     private readonly nint[] _window;
-    private byte[] _out;
+    private readonly OutputBuffer _out;
     private readonly double[][] _groups;
     private readonly bool[] _present;
     private readonly ProgramRunner _programs = new();
@@ -75,7 +75,7 @@ public sealed unsafe class ShardExecutor
         int chunk = Math.Min(chunkElements, Math.Max(_block, WindowBudgetBytes / rawPerElement));
         _chunk = Math.Max(_block, chunk / _block * _block);
         _window = new nint[maxTerms];
-        _out = new byte[_chunk * sizeof(double)];
+        _out = new OutputBuffer(_chunk * sizeof(double));
         _groups = new double[Math.Max(plan.GroupCount, 2)][];
         for (int g = 0; g < _groups.Length; g++) _groups[g] = new double[_block];
         _present = new bool[_groups.Length];
@@ -84,12 +84,21 @@ public sealed unsafe class ShardExecutor
     /// <summary>Runs a whole shard in memory, the reduction tree included, writing its tensors into the output.</summary>
     public void RunFused(Shard shard, SafetensorsWriter output, CancellationToken ct)
     {
-        foreach (int index in shard.TensorIndices)
+        try
         {
-            var tensor = _plan.Tensors[index];
-            _single[0] = new OutputTarget(output, tensor.Output);
-            RunTensor(tensor, _single, ct);
+            foreach (int index in shard.TensorIndices)
+            {
+                var tensor = _plan.Tensors[index];
+                _single[0] = new OutputTarget(output, tensor.Output);
+                RunTensor(tensor, _single, ct);
+            }
         }
+        catch
+        {
+            DrainOutput(observe: false);
+            throw;
+        }
+        DrainOutput();
         Writeback.Start(output, shard, _plan);
     }
 
@@ -116,13 +125,14 @@ public sealed unsafe class ShardExecutor
         {
             int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
             MapTerms(tensor, -1, start, n);
+            PlaceOutput(targets, start, n * outSize);
             for (int b = 0; b < n; b += _block)
             {
                 int m = Math.Min(_block, n - b);
                 for (int g = 0; g < _plan.GroupCount; g++) _present[g] = SumGroup(tensor, g, b, m);
                 if (!ReductionTree.Reduce(_present, _groups, _plan.GroupCount, m))
                     throw new InvalidOperationException($"tensor '{tensor.Output.Key}' has no terms");
-                MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
+                MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.Chunk(b * outSize, m * outSize));
                 finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType);
             }
             ReleaseTerms(tensor, -1, start, n);
@@ -184,6 +194,20 @@ public sealed unsafe class ShardExecutor
     /// <summary>The root of a shard: divides and rounds the root partial (null when the shard has nothing to combine) and copies the rest.</summary>
     public void RunFinal(Shard shard, PartialNode? root, Stream? rootData, SafetensorsWriter output, CancellationToken ct)
     {
+        try
+        {
+            RunFinalTensors(shard, root, rootData, output, ct);
+        }
+        catch
+        {
+            DrainOutput(observe: false);
+            throw;
+        }
+        DrainOutput();
+    }
+
+    private void RunFinalTensors(Shard shard, PartialNode? root, Stream? rootData, SafetensorsWriter output, CancellationToken ct)
+    {
         foreach (int index in shard.TensorIndices)
         {
             ct.ThrowIfCancellationRequested();
@@ -202,11 +226,12 @@ public sealed unsafe class ShardExecutor
             for (long start = 0; start < tensor.ElementCount; start += _chunk)
             {
                 int n = (int)Math.Min(_chunk, tensor.ElementCount - start);
+                PlaceOutput(_single, start, n * outSize);
                 for (int b = 0; b < n; b += _block)
                 {
                     int m = Math.Min(_block, n - b);
                     ReadDoubles(rootData, _groups[0].AsSpan(0, m));
-                    MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.AsSpan(b * outSize, m * outSize));
+                    MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.Chunk(b * outSize, m * outSize));
                     finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType);
                 }
                 WriteOutput(tensor, start, n, _single);
@@ -234,8 +259,8 @@ public sealed unsafe class ShardExecutor
 
         public void Map(long start, int count)
         {
-            // Blocks of whole rows longer than the executor's chunk make a chunk of one row.
-            if (executor._out.Length < count * _outSize) executor._out = new byte[count * _outSize];
+            // Blocks of whole rows longer than the executor's chunk make a chunk of one row: the buffer grows to it.
+            executor.PlaceOutput(targets, start, count * _outSize);
             executor.MapTerms(tensor, -1, start, count, progress: false);
         }
 
@@ -253,7 +278,7 @@ public sealed unsafe class ShardExecutor
 
         public void Write(int offset, ReadOnlySpan<double> values)
         {
-            DTypeConvert.FromFloat64(values, tensor.Output.DType, executor._out.AsSpan(offset * _outSize, values.Length * _outSize));
+            DTypeConvert.FromFloat64(values, tensor.Output.DType, executor._out.Chunk(offset * _outSize, values.Length * _outSize));
             Finite = Finite && executor.Finite(values, tensor.Output.DType);
         }
 
@@ -314,18 +339,27 @@ public sealed unsafe class ShardExecutor
         return any;
     }
 
-    /// <summary>Writes the chunk's finished output bytes (elements [start, start+n)) with one positional write per target.</summary>
+    /// <summary>Places the output buffer for the next chunk, <paramref name="bytes"/> from element <paramref name="start"/>, as the first target's file lays them out.</summary>
+    private Span<byte> PlaceOutput(OutputTarget[] targets, long start, int bytes) => _out.Place(targets[0].FileOffset(start), bytes);
+
+    /// <summary>
+    /// Writes the chunk's finished output bytes (elements [start, start+n)) with one positional write per target; the
+    /// first target's, for which the chunk was placed, may leave its direct pages in flight (see <see cref="DrainOutput"/>).
+    /// </summary>
     private void WriteOutput(PlannedTensor tensor, long start, int n, OutputTarget[] targets)
     {
-        int size = tensor.Output.DType.Size();
-        var bytes = _out.AsSpan(0, n * size);
-        foreach (var target in targets)
-        {
-            target.Writer.Write(target.Tensor, start * size, bytes);
-            BytesWritten += bytes.Length;
-            _progress?.Add(0, bytes.Length, tensor.Component);
-        }
+        WritePlaced(targets, start * tensor.Output.DType.Size(), n * tensor.Output.DType.Size());
+        BytesWritten += (long)n * tensor.Output.DType.Size() * targets.Length;
+        _progress?.Add(0, (long)n * tensor.Output.DType.Size() * targets.Length, tensor.Component);
     }
+
+    private void WritePlaced(OutputTarget[] targets, long offsetInTensor, int bytes) => OutputTarget.WriteAll(_out, targets, offsetInTensor, bytes);
+
+    /// <summary>
+    /// Waits for this executor's output writes still in flight, before anyone counts the bytes as written (a flush, a
+    /// commit, a task reported done); after a failure of the caller's own (<paramref name="observe"/> false) it only waits.
+    /// </summary>
+    public void DrainOutput(bool observe = true) => _out.Drain(observe);
 
     /// <summary>A tensor taken from one source: raw bytes when the dtype is unchanged, else converted with one rounding.</summary>
     private void Copy(PlannedTensor tensor, OutputTarget[] targets, CancellationToken ct)
@@ -341,9 +375,13 @@ public sealed unsafe class ShardExecutor
             var raw = _inputs.Window(term, start * from.Size(), n * from.Size());
             BytesRead += raw.Length;
             BytesWritten += (long)n * to.Size() * targets.Length;
+            var output = PlaceOutput(targets, start, n * to.Size());
             if (from == to)
             {
-                foreach (var target in targets) target.Writer.Write(target.Tensor, start * to.Size(), raw);
+                // Through the placed buffer, so the writer can send its pages directly: a copy in memory costs far
+                // less than one through the page cache.
+                raw.CopyTo(output);
+                WritePlaced(targets, start * to.Size(), output.Length);
                 finite = finite && (NonFinite is null || !to.IsFloat() || DTypeConvert.CountNonFinite(to, raw) == 0);
             }
             else
@@ -353,10 +391,10 @@ public sealed unsafe class ShardExecutor
                     int m = Math.Min(_block, n - b);
                     var values = _groups[0].AsSpan(0, m);
                     DTypeConvert.ToFloat64(from, raw.Slice(b * from.Size(), m * from.Size()), values);
-                    DTypeConvert.FromFloat64(values, to, _out.AsSpan(b * to.Size(), m * to.Size()));
+                    DTypeConvert.FromFloat64(values, to, output.Slice(b * to.Size(), m * to.Size()));
                     finite = finite && Finite(values, to);
                 }
-                foreach (var target in targets) target.Writer.Write(target.Tensor, start * to.Size(), _out.AsSpan(0, n * to.Size()));
+                WritePlaced(targets, start * to.Size(), output.Length);
             }
             _inputs.Release(term, start * from.Size(), raw.Length);
             _progress?.Add(raw.Length, (long)n * to.Size() * targets.Length, tensor.Component);
@@ -375,7 +413,21 @@ public sealed unsafe class ShardExecutor
 }
 
 /// <summary>Where a tensor's bytes go: a writer, and the tensor as that writer's layout places it.</summary>
-public readonly record struct OutputTarget(SafetensorsWriter Writer, TensorInfo Tensor);
+public readonly record struct OutputTarget(SafetensorsWriter Writer, TensorInfo Tensor)
+{
+    /// <summary>Where element <paramref name="element"/> of the tensor lies in the writer's file.</summary>
+    public long FileOffset(long element) => Writer.Layout.FileOffset(Tensor) + element * Tensor.DType.Size();
+
+    /// <summary>
+    /// The first <paramref name="bytes"/> of the chunk placed last in <paramref name="buffer"/> (placed for the first
+    /// target) to every target: the first target's direct pages left in flight, the others' written at once.
+    /// </summary>
+    public static void WriteAll(OutputBuffer buffer, OutputTarget[] targets, long offsetInTensor, int bytes)
+    {
+        buffer.WriteBehind(targets[0].Writer, targets[0].Tensor, offsetInTensor, bytes);
+        for (int i = 1; i < targets.Length; i++) targets[i].Writer.Write(targets[i].Tensor, offsetInTensor, buffer.Chunk(0, bytes));
+    }
+}
 
 /// <summary>
 /// Starts the disk writes of a finished shard's output bytes without waiting for them (Linux sync_file_range with

@@ -29,7 +29,7 @@ internal sealed unsafe class SweepExecutor
     private readonly int _groupCount;
     private readonly nint[] _window;
     private readonly List<double[]> _pool = [];
-    private byte[] _out = [];
+    private readonly List<OutputBuffer> _outs = [];
 
     public SweepExecutor(SweepJob job, InputSet inputs, IReadOnlyList<SafetensorsWriter> writers, MergeProgress? progress)
     {
@@ -46,11 +46,27 @@ internal sealed unsafe class SweepExecutor
 
     public void Run(SweepShard shard, CancellationToken ct)
     {
-        for (int k = shard.FirstKey; k < shard.FirstKey + shard.KeyCount; k++)
+        try
         {
-            ct.ThrowIfCancellationRequested();
-            RunKey(_job.Keys[k], ct);
+            for (int k = shard.FirstKey; k < shard.FirstKey + shard.KeyCount; k++)
+            {
+                ct.ThrowIfCancellationRequested();
+                RunKey(_job.Keys[k], ct);
+            }
         }
+        catch
+        {
+            DrainOutput(observe: false);
+            throw;
+        }
+        DrainOutput();
+    }
+
+    /// <summary>Waits for the shard's output writes still in flight (see <see cref="ShardExecutor.DrainOutput"/>).</summary>
+    private void DrainOutput(bool observe = true)
+    {
+        _executor.DrainOutput(observe);
+        foreach (var buffer in _outs) buffer.Drain(observe);
     }
 
     private void RunKey(SweepKey key, CancellationToken ct)
@@ -113,7 +129,7 @@ internal sealed unsafe class SweepExecutor
         }
         int rawPerElement = reads.Values.Sum(t => t.Tensor.DType.Size()) + sums.Count * outSize;
         int chunk = Math.Max(Block, Math.Min(ShardExecutor.DefaultChunkElements, ShardExecutor.WindowBudgetBytes / rawPerElement) / Block * Block);
-        if (_out.Length < sums.Count * chunk * outSize) _out = new byte[sums.Count * chunk * outSize];
+        while (_outs.Count < sums.Count) _outs.Add(new OutputBuffer(chunk * outSize));
 
         // Per reduction group: the distinct chains and, per tensor, which chain is its (-1: no term in the group).
         var chains = new GroupChains?[_groupCount];
@@ -163,6 +179,7 @@ internal sealed unsafe class SweepExecutor
                 fixed (byte* p = _inputs.Window(term, start * size, n * size)) _window[input] = (nint)p;
                 bytes += n * size;
             }
+            for (int d = 0; d < sums.Count; d++) _outs[d].Place(sums[d].Targets[0].FileOffset(start), n * outSize);
             for (int b = 0; b < n; b += Block)
             {
                 int m = Math.Min(Block, n - b);
@@ -179,7 +196,7 @@ internal sealed unsafe class SweepExecutor
                     var root = Reduce(level, m, memo, ref nodes)
                         ?? throw new InvalidOperationException($"tensor '{tensor.Output.Key}' has no terms");
                     root.AsSpan(0, m).CopyTo(scratch);
-                    MergeKernels.Finish(scratch.AsSpan(0, m), tensor.Divisor, outType, _out.AsSpan((d * chunk + b) * outSize, m * outSize));
+                    MergeKernels.Finish(scratch.AsSpan(0, m), tensor.Divisor, outType, _outs[d].Chunk(b * outSize, m * outSize));
                 }
             }
             foreach (var (input, term) in reads)
@@ -190,12 +207,9 @@ internal sealed unsafe class SweepExecutor
             _progress?.Add(bytes, 0, key.Component);
             for (int d = 0; d < sums.Count; d++)
             {
-                var output = _out.AsSpan(d * chunk * outSize, n * outSize);
-                foreach (var target in sums[d].Targets)
-                {
-                    target.Writer.Write(target.Tensor, start * outSize, output);
-                    _progress?.Add(0, output.Length, key.Component);
-                }
+                var targets = sums[d].Targets;
+                OutputTarget.WriteAll(_outs[d], targets, start * outSize, n * outSize);
+                _progress?.Add(0, (long)n * outSize * targets.Length, key.Component);
             }
         }
     }

@@ -1,0 +1,66 @@
+using static MergeCluster.Safetensors.Tests.SafetensorsFiles;
+
+namespace MergeCluster.Safetensors.Tests;
+
+/// <summary>
+/// The writer's direct path (<see cref="SafetensorsWriter.WriteBehind"/> from an <see cref="OutputBuffer"/>), observed through the page cache: a page written with O_DIRECT is not resident afterwards,
+/// one written through the page cache is (nothing evicts it between the write and the check).
+/// </summary>
+public partial class PageCacheTests
+{
+    private const int ChunkBytes = 512 << 10;
+
+    [Fact]
+    public void Whole_pages_of_placed_writes_go_to_the_disk_directly_and_every_other_byte_through_the_page_cache()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        // Unaligned tensor starts and ends; "small" is under the direct threshold; "misplaced" comes from a buffer
+        // whose address does not agree with its file offset, so it cannot go directly.
+        var specs = new[]
+        {
+            Spec("head", DType.U8, 1000), Spec("big", DType.U8, (3 << 20) + 123), Spec("small", DType.U8, 10_000),
+            Spec("exact", DType.U8, 1 << 20), Spec("misplaced", DType.U8, 1 << 20),
+        };
+        using var dir = DirectoryWhereEvictionWorks(out _, p => Write(p, [Spec("probe", DType.U8, 1 << 16)]));
+        string path = dir.File("direct.safetensors");
+        var layout = SafetensorsLayout.Create(specs, null);
+        var data = specs.ToDictionary(s => s.Key, s => RandomBytes(s.Key, checked((int)s.ByteLength)));
+        var direct = new List<(long From, long To)>();
+        var buffer = new OutputBuffer(ChunkBytes);
+        using (var writer = SafetensorsWriter.Create(path, layout))
+        {
+            Assert.True(writer.WritesDirect, $"O_DIRECT refused in {dir.Path}");
+            foreach (var spec in specs)
+            {
+                var tensor = layout[spec.Key];
+                var bytes = data[spec.Key];
+                for (int offset = 0; offset < bytes.Length; offset += ChunkBytes)
+                {
+                    int n = Math.Min(ChunkBytes, bytes.Length - offset);
+                    long at = layout.FileOffset(tensor) + offset;
+                    var chunk = buffer.Place(spec.Key == "misplaced" ? at + 1 : at, n);
+                    bytes.AsSpan(offset, n).CopyTo(chunk);
+                    buffer.WriteBehind(writer, tensor, offset, n);
+                    if (spec.Key is "big" or "exact") direct.Add(((at + Page - 1) / Page, (at + n) / Page));
+                }
+            }
+            buffer.Drain();
+            writer.Commit();
+        }
+
+        var resident = Residency(path);
+        int firstData = (int)(layout.DataStart / Page), lastData = resident.Length - 1;
+        for (int page = firstData; page <= lastData; page++)
+        {
+            bool wentDirect = direct.Any(r => page >= r.From && page < r.To);
+            Assert.True(resident[page] != wentDirect,
+                $"page {page} of {lastData}: {(wentDirect ? "written directly but resident" : "written through the page cache but not resident")}");
+        }
+        Assert.Contains(false, resident);
+        foreach (var spec in specs)
+        {
+            var tensor = layout[spec.Key];
+            Assert.True(data[spec.Key].AsSpan().SequenceEqual(ReadWithFileStream(path, layout.FileOffset(tensor), (int)tensor.ByteLength)), $"'{spec.Key}' differs");
+        }
+    }
+}
