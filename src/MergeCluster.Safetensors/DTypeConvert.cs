@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 
@@ -45,6 +46,29 @@ public static partial class DTypeConvert
             case DType.F8_E5M2: Accumulate8<Float8E5M2Format>(source, coefficient, acc); break;
             default: throw NotFloat(type);
         }
+    }
+
+    /// <summary>
+    /// acc[i] = Σₜ coefficients[t] · decode(sources[t][i]) for <paramref name="type"/> elements, terms in order from
+    /// +0.0: bit for bit what clearing acc and calling <see cref="AccumulateFloat64"/> once per term gives, with each
+    /// element's running sum kept in a register across the terms instead of stored and loaded again per term. Each
+    /// source points at acc.Length elements the caller keeps mapped for the call.
+    /// </summary>
+    public static unsafe void SumFloat64(DType type, ReadOnlySpan<nint> sources, ReadOnlySpan<double> coefficients, Span<double> acc)
+    {
+        Debug.Assert(sources.Length == coefficients.Length && sources.Length > 0);
+        int done = type switch
+        {
+            DType.F16 => Sum16<Float16Format>(sources, coefficients, acc),
+            DType.BF16 => Sum16<BFloat16Format>(sources, coefficients, acc),
+            _ => 0,
+        };
+        if (done == acc.Length) return;
+        int size = type.Size();
+        var rest = acc[done..];
+        rest.Clear();
+        for (int t = 0; t < sources.Length; t++)
+            AccumulateFloat64(type, new ReadOnlySpan<byte>((byte*)sources[t] + (long)done * size, rest.Length * size), coefficients[t], rest);
     }
 
     /// <summary>Decodes <paramref name="source"/> into float32; from F64 this rounds to nearest even.</summary>

@@ -369,6 +369,51 @@ public class DTypeConvertTests
             }
     }
 
+    /// <summary>
+    /// The many-term sum against clearing the accumulator and accumulating term by term, bit for bit (NaN payloads
+    /// included): one to nine terms of every code of the 16-bit formats in shuffled orders (specials meet normals in
+    /// every lane), random codes of the others, coefficients 1 and others mixed, lengths that leave tails of every size.
+    /// </summary>
+    [Theory, MemberData(nameof(FloatTypes))]
+    public unsafe void Sum_of_many_terms_equals_accumulating_them_one_by_one(DType type)
+    {
+        int size = type.Size();
+        var random = new Random(7 + (int)type);
+        double[] coefficients = [1.0, 1.0, 0.3, -1.0 / 3, 7.0];
+        foreach (int terms in new[] { 1, 2, 3, 9 })
+            foreach (int length in new[] { 0, 1, 31, 32, 33, 95, 4096 + 17, size == 2 ? 65536 : 1000 })
+            {
+                var sources = new byte[terms][];
+                var c = new double[terms];
+                for (int t = 0; t < terms; t++)
+                {
+                    sources[t] = new byte[length * size];
+                    if (size == 2 && length == 65536)
+                    {
+                        var order = Enumerable.Range(0, 65536).ToArray();
+                        random.Shuffle(order);
+                        for (int i = 0; i < length; i++) PutCode(sources[t], i, 2, (ulong)order[i]);
+                    }
+                    else random.NextBytes(sources[t]);
+                    c[t] = coefficients[random.Next(coefficients.Length)];
+                }
+                var expected = new double[length];
+                for (int t = 0; t < terms; t++) DTypeConvert.AccumulateFloat64(type, sources[t], c[t], expected);
+                var actual = new double[length];
+                Array.Fill(actual, 123.0);
+                var handles = sources.Select(b => System.Runtime.InteropServices.GCHandle.Alloc(b, System.Runtime.InteropServices.GCHandleType.Pinned)).ToArray();
+                try
+                {
+                    var pointers = handles.Select(h => h.AddrOfPinnedObject()).ToArray();
+                    DTypeConvert.SumFloat64(type, pointers, c, actual);
+                }
+                finally { foreach (var h in handles) h.Free(); }
+                for (int i = 0; i < length; i++)
+                    Assert.True(BitConverter.DoubleToInt64Bits(expected[i]) == BitConverter.DoubleToInt64Bits(actual[i]),
+                        $"{type}, {terms} terms, length {length}, index {i}: {actual[i]:R}, expected {expected[i]:R}");
+            }
+    }
+
     [Theory, MemberData(nameof(FloatTypes))]
     public void Conversions_allocate_nothing(DType type)
     {

@@ -32,6 +32,8 @@ public sealed unsafe class ShardExecutor
     private readonly int _chunk;
     private readonly int _block;
     private readonly nint[] _window;
+    private readonly nint[] _sources;
+    private readonly double[] _coefficients;
     private readonly OutputBuffer _out;
     private readonly double[][] _groups;
     private readonly bool[] _present;
@@ -75,6 +77,8 @@ public sealed unsafe class ShardExecutor
         int chunk = Math.Min(chunkElements, Math.Max(_block, WindowBudgetBytes / rawPerElement));
         _chunk = Math.Max(_block, chunk / _block * _block);
         _window = new nint[maxTerms];
+        _sources = new nint[maxTerms];
+        _coefficients = new double[maxTerms];
         _out = new OutputBuffer(_chunk * sizeof(double));
         _groups = new double[Math.Max(plan.GroupCount, 2)][];
         for (int g = 0; g < _groups.Length; g++) _groups[g] = new double[_block];
@@ -325,18 +329,32 @@ public sealed unsafe class ShardExecutor
     private bool SumGroup(PlannedTensor tensor, int group, int b, int m)
     {
         var acc = _groups[group].AsSpan(0, m);
-        bool any = false;
+        int count = 0;
+        DType? shared = null;
         for (int t = 0; t < tensor.Terms.Length; t++)
         {
             var term = tensor.Terms[t];
             if (term.Group != group) continue;
-            if (!any) acc.Clear();
-            any = true;
-            int size = term.Tensor.DType.Size();
-            byte* source = (byte*)_window[t] + (long)b * size;
-            MergeKernels.Accumulate(term.Tensor.DType, new ReadOnlySpan<byte>(source, m * size), term.Coefficient, acc);
+            shared = count == 0 || shared == term.Tensor.DType ? term.Tensor.DType : null;
+            _sources[count] = (nint)((byte*)_window[t] + (long)b * term.Tensor.DType.Size());
+            _coefficients[count++] = term.Coefficient;
         }
-        return any;
+        if (count == 0) return false;
+        if (shared is { } type)
+        {
+            MergeKernels.Sum(type, _sources.AsSpan(0, count), _coefficients.AsSpan(0, count), acc);
+            return true;
+        }
+        // Mixed dtypes (an f32 model among f16 ones): term by term.
+        acc.Clear();
+        for (int t = 0, k = 0; t < tensor.Terms.Length; t++)
+        {
+            var term = tensor.Terms[t];
+            if (term.Group != group) continue;
+            int size = term.Tensor.DType.Size();
+            MergeKernels.Accumulate(term.Tensor.DType, new ReadOnlySpan<byte>((byte*)_sources[k++], m * size), term.Coefficient, acc);
+        }
+        return true;
     }
 
     /// <summary>Places the output buffer for the next chunk, <paramref name="bytes"/> from element <paramref name="start"/>, as the first target's file lays them out.</summary>

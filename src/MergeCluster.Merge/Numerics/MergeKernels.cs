@@ -19,6 +19,13 @@ public static class MergeKernels
     public static void Accumulate(DType type, ReadOnlySpan<byte> source, double coefficient, Span<double> acc) =>
         DTypeConvert.AccumulateFloat64(type, source, coefficient, acc);
 
+    /// <summary>
+    /// acc = Σₜ coefficients[t] · decode(sources[t]) over terms of one dtype, in order from +0.0, in one pass over acc:
+    /// the same bits as clearing acc and calling <see cref="Accumulate"/> per term.
+    /// </summary>
+    public static void Sum(DType type, ReadOnlySpan<nint> sources, ReadOnlySpan<double> coefficients, Span<double> acc) =>
+        DTypeConvert.SumFloat64(type, sources, coefficients, acc);
+
     /// <summary>left += right: one node of the reduction tree.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // per 4K block from the first call; see Scale
     public static void Combine(Span<double> left, ReadOnlySpan<double> right)
