@@ -366,12 +366,11 @@ public sealed unsafe class ShardExecutor
     /// </summary>
     private void WriteOutput(PlannedTensor tensor, long start, int n, OutputTarget[] targets)
     {
-        WritePlaced(targets, start * tensor.Output.DType.Size(), n * tensor.Output.DType.Size());
-        BytesWritten += (long)n * tensor.Output.DType.Size() * targets.Length;
-        _progress?.Add(0, (long)n * tensor.Output.DType.Size() * targets.Length, tensor.Component);
+        int size = tensor.Output.DType.Size();
+        OutputTarget.WriteAll(_out, targets, start * size, n * size);
+        BytesWritten += (long)n * size * targets.Length;
+        _progress?.Add(0, (long)n * size * targets.Length, tensor.Component);
     }
-
-    private void WritePlaced(OutputTarget[] targets, long offsetInTensor, int bytes) => OutputTarget.WriteAll(_out, targets, offsetInTensor, bytes);
 
     /// <summary>
     /// Waits for this executor's output writes still in flight, before anyone counts the bytes as written (a flush, a
@@ -399,7 +398,7 @@ public sealed unsafe class ShardExecutor
                 // Through the placed buffer, so the writer can send its pages directly: a copy in memory costs far
                 // less than one through the page cache.
                 raw.CopyTo(output);
-                WritePlaced(targets, start * to.Size(), output.Length);
+                OutputTarget.WriteAll(_out, targets, start * to.Size(), output.Length);
                 finite = finite && (NonFinite is null || !to.IsFloat() || DTypeConvert.CountNonFinite(to, raw) == 0);
             }
             else
@@ -412,7 +411,7 @@ public sealed unsafe class ShardExecutor
                     DTypeConvert.FromFloat64(values, to, output.Slice(b * to.Size(), m * to.Size()));
                     finite = finite && Finite(values, to);
                 }
-                WritePlaced(targets, start * to.Size(), output.Length);
+                OutputTarget.WriteAll(_out, targets, start * to.Size(), output.Length);
             }
             _inputs.Release(term, start * from.Size(), raw.Length);
             _progress?.Add(raw.Length, (long)n * to.Size() * targets.Length, tensor.Component);
