@@ -122,21 +122,35 @@ public sealed partial class SiloPodTests(ITestOutputHelper output)
         Assert.Contains($"job {id}: succeeded", run.Stderr);
         Assert.True(File.Exists(OnVolume(volume, outputPath)), $"no {outputPath} on the volume");
 
-        // The same Job with many small tasks: while it runs, the gauges the autoscaler reads count its tasks.
+        // The same Job with many small tasks: while it waits, the gauges the autoscaler reads count its tasks. Storage
+        // is frozen the moment the silo logs the submission, which it does once the submission is stored and before
+        // it plans: the plan's own save then waits, no task is handed out, and all of them stay pending until it thaws.
+        var frozen = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        silo.OnLine(line => line.Contains(": submitted (", StringComparison.Ordinal), () => { storage.Freeze(); frozen.SetResult(); });
         var tree = Task.Run(() => submitter.Run([.. jobArgs, "--shape", "tree", "--shard-mb", "1"]));
         double most = 0;
         int samples = 0;
-        while (!tree.IsCompleted)
+        try
         {
-            var m = await Scrape();
-            most = Math.Max(most, m.Sum(SiloContract.PendingTasksMetric) + m.Sum(SiloContract.RunningTasksMetric));
-            samples++;
-            await Task.Delay(20);
+            await Task.WhenAny(frozen.Task, tree);
+            Assert.True(frozen.Task.IsCompleted, $"the tree job ended without its submission being logged\n{silo.Output}");
+            await Poll.UntilAsync(async () =>
+            {
+                var m = await Scrape();
+                most = Math.Max(most, m.Sum(SiloContract.PendingTasksMetric) + m.Sum(SiloContract.RunningTasksMetric));
+                samples++;
+                return most > 0;
+            }, "the gauges count the planned job's tasks", TimeSpan.FromSeconds(20));
+        }
+        finally
+        {
+            storage.Thaw();
         }
         var treeRun = await tree;
         Assert.True(treeRun.ExitCode == 0, $"{treeRun.Stdout}{treeRun.Stderr}\n{silo.Output}");
-        output.WriteLine($"{samples} scrapes while the tree job ran; most pending + running: {most}");
-        Assert.True(most > 0, $"{samples} scrapes during the job never saw a pending or running task");
+        output.WriteLine($"{samples} scrapes while the tree job waited on storage; most pending + running: {most}");
+        long treeId = long.Parse(treeRun.Stdout.Split('\n')[0].Trim());
+        Assert.Matches($@"job {treeId}: planned merge, \d+ tasks \(Tree\)", silo.Output);
         await Poll.UntilAsync(async () => { var m = await Scrape(); return m.Sum(SiloContract.PendingTasksMetric) + m.Sum(SiloContract.RunningTasksMetric) == 0; },
             "the gauges are back to zero after the job");
 

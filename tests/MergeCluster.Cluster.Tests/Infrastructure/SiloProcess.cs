@@ -12,6 +12,7 @@ public sealed class SiloProcess : IAsyncDisposable
     private readonly Process _process;
     private readonly Func<Process, int> _silo;
     private readonly StringBuilder _output = new();
+    private readonly List<(Func<string, bool> Matches, Action Act)> _triggers = [];
 
     public string Name { get; }
     /// <summary>The silo's own process: the one started, or the one a launcher (a sandbox) started for it.</summary>
@@ -66,7 +67,27 @@ public sealed class SiloProcess : IAsyncDisposable
     private void Append(string? line)
     {
         if (line is null) return;
-        lock (_output) _output.AppendLine(line);
+        var fired = new List<Action>();
+        lock (_output)
+        {
+            _output.AppendLine(line);
+            for (int i = _triggers.Count - 1; i >= 0; i--)
+            {
+                if (!_triggers[i].Matches(line)) continue;
+                fired.Add(_triggers[i].Act);
+                _triggers.RemoveAt(i);
+            }
+        }
+        foreach (var act in fired) act();
+    }
+
+    /// <summary>
+    /// Runs <paramref name="act"/> once, on the reader's thread, the moment the silo writes a line that matches: to
+    /// step in between two of its steps without polling for it. Lines written before the call do not count.
+    /// </summary>
+    public void OnLine(Func<string, bool> matches, Action act)
+    {
+        lock (_output) _triggers.Add((matches, act));
     }
 
     /// <summary>Waits until the silo has written <paramref name="text"/>; fails with its output if it exits first.</summary>
