@@ -80,18 +80,37 @@ public sealed class SiloHttpTests(ITestOutputHelper output)
             Assert.Contains(idle.Names, n => n.StartsWith("orleans_", StringComparison.Ordinal)); // the Microsoft.Orleans meter
         }
 
+        // Storage is frozen the moment the job grain's silo logs the submission, which it does once the submission is
+        // stored and before it plans: the plan's save waits, so its tasks stay pending while both silos are scraped,
+        // however fast the job would otherwise run. Then it thaws and the scrapes go on until the job ends.
+        int froze = 0;
+        foreach (var silo in silos)
+            silo.OnLine(line => line.Contains(": submitted (", StringComparison.Ordinal), () => { if (Interlocked.Exchange(ref froze, 1) == 0) cluster.Storage.Freeze(); });
         long id = await cluster.SubmitAsync(recipe, "--shard-mb", "1", "--shape", "tree");
-        // Scraped back to back on both silos until the job ends, as Prometheus would, only faster.
         var samples = new List<(int Silo, double Pending, double Running)>();
-        string? coordinator = null;
-        JobStatus status;
-        while (true)
+        async Task ScrapeBothAsync()
         {
             for (int i = 0; i < ports.Length; i++)
             {
                 var m = await ScrapeAsync(ports[i]);
                 samples.Add((i, m.Sum("mergecluster_tasks_pending"), m.Sum("mergecluster_tasks_running")));
             }
+        }
+        try
+        {
+            await Poll.UntilAsync(() => Volatile.Read(ref froze) == 1, "the job grain's silo logs the submission");
+            await Poll.UntilAsync(async () => { await ScrapeBothAsync(); return samples.Any(s => s.Pending + s.Running > 0); },
+                "a silo's gauges count the waiting job's tasks", TimeSpan.FromSeconds(20));
+        }
+        finally
+        {
+            cluster.Storage.Thaw();
+        }
+        string? coordinator = null;
+        JobStatus status;
+        while (true)
+        {
+            await ScrapeBothAsync();
             status = await cluster.StatusAsync(id);
             coordinator = status.Coordinator ?? coordinator;
             if (status.State is JobPhase.Succeeded or JobPhase.Failed or JobPhase.Cancelled) break;
