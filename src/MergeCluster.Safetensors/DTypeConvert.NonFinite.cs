@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Numerics;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
 namespace MergeCluster.Safetensors;
@@ -24,12 +26,13 @@ public static partial class DTypeConvert
     /// Whether every value rounds to a finite <paramref name="type"/> value: false for NaN, ±Inf, and magnitudes that
     /// overflow when rounded (65520 and above for F16). One compare per element on data the caller has in cache.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // per block of every tensor: tier 0 costs more than the check
     public static bool RoundsFinite(ReadOnlySpan<double> values, DType type)
     {
         double limit = type switch
         {
             DType.F16 => 65520.0,
-            DType.BF16 => 3.3961775292304e38,            // (2 - 2^-8) · 2^127: halfway past the largest finite BF16
+            DType.BF16 => 3.39617752923046e38,           // (2 - 2^-8) · 2^127: halfway past the largest finite BF16
             DType.F32 => 3.4028235677973366e38,          // (2 - 2^-24) · 2^127
             _ => double.PositiveInfinity,
         };
@@ -42,6 +45,18 @@ public static partial class DTypeConvert
         return true;
     }
 
+    /// <summary>
+    /// <see cref="RoundsFinite"/> for <paramref name="values"/> already encoded as <paramref name="encoded"/>: read off
+    /// the codes where the format has an infinity, since a value that overflows rounds to it (a quarter of the
+    /// float64s' bytes for a 16-bit output); from the values for the 8-bit formats.
+    /// </summary>
+    public static bool EncodedFinite(ReadOnlySpan<double> values, DType type, ReadOnlySpan<byte> encoded)
+    {
+        Debug.Assert(encoded.Length == values.Length * type.Size());
+        return type is DType.F16 or DType.BF16 or DType.F32 or DType.F64 ? CountNonFinite(type, encoded) == 0 : RoundsFinite(values, type);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static long CountMasked<T>(ReadOnlySpan<T> values, T mask) where T : unmanaged, IBinaryInteger<T>
     {
         var masks = new Vector<T>(mask);

@@ -221,6 +221,34 @@ public class DTypeConvertTests
         Assert.Equal(new byte[] { 0xFF, 0x7B, 0x00, 0x7C }, f16);
     }
 
+    [Theory]
+    [MemberData(nameof(FloatTypes))]
+    public void Finiteness_read_off_the_encoded_codes_agrees_with_the_values_at_every_overflow_edge(DType type)
+    {
+        double[] edges = [65519.99, 65520, 3.3961775292304e38, 3.4028235677973366e38, double.MaxValue, double.PositiveInfinity, double.NaN, 448, 464.0001, 57344, 61440];
+        var specials = edges.SelectMany(e => new[] { e, Math.BitDecrement(e), Math.BitIncrement(e), -e }).ToList();
+        var random = new Random(15);
+        int overflowing = 0;
+        foreach (int length in new[] { 1, 7, 33, 100 })
+        {
+            foreach (double special in specials)
+            {
+                for (int at = 0; at < length; at += Math.Max(1, length / 5))
+                {
+                    var values = new double[length];
+                    for (int i = 0; i < length; i++) values[i] = random.NextDouble() * 200 - 100;
+                    values[at] = special;
+                    var encoded = new byte[length * type.Size()];
+                    DTypeConvert.FromFloat64(values, type, encoded);
+                    bool expected = DTypeConvert.RoundsFinite(values, type);
+                    Assert.True(expected == DTypeConvert.EncodedFinite(values, type, encoded), $"{type}: {special:R} at {at} of {length}: the values say {(expected ? "finite" : "not finite")}");
+                    if (!expected) overflowing++;
+                }
+            }
+        }
+        Assert.True(overflowing > 0);
+    }
+
     [Fact]
     public void Float64_to_float32_rounds_like_the_hardware_cast()
     {

@@ -136,8 +136,9 @@ public sealed unsafe class ShardExecutor
                 for (int g = 0; g < _plan.GroupCount; g++) _present[g] = SumGroup(tensor, g, b, m);
                 if (!ReductionTree.Reduce(_present, _groups, _plan.GroupCount, m))
                     throw new InvalidOperationException($"tensor '{tensor.Output.Key}' has no terms");
-                MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.Chunk(b * outSize, m * outSize));
-                finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType);
+                var encoded = _out.Chunk(b * outSize, m * outSize);
+                MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, encoded);
+                finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType, encoded);
             }
             ReleaseTerms(tensor, -1, start, n);
             WriteOutput(tensor, start, n, targets);
@@ -235,8 +236,9 @@ public sealed unsafe class ShardExecutor
                 {
                     int m = Math.Min(_block, n - b);
                     ReadDoubles(rootData, _groups[0].AsSpan(0, m));
-                    MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, _out.Chunk(b * outSize, m * outSize));
-                    finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType);
+                    var encoded = _out.Chunk(b * outSize, m * outSize);
+                    MergeKernels.Finish(_groups[0].AsSpan(0, m), tensor.Divisor, tensor.Output.DType, encoded);
+                    finite = finite && Finite(_groups[0].AsSpan(0, m), tensor.Output.DType, encoded);
                 }
                 WriteOutput(tensor, start, n, _single);
             }
@@ -282,8 +284,9 @@ public sealed unsafe class ShardExecutor
 
         public void Write(int offset, ReadOnlySpan<double> values)
         {
-            DTypeConvert.FromFloat64(values, tensor.Output.DType, executor._out.Chunk(offset * _outSize, values.Length * _outSize));
-            Finite = Finite && executor.Finite(values, tensor.Output.DType);
+            var encoded = executor._out.Chunk(offset * _outSize, values.Length * _outSize);
+            DTypeConvert.FromFloat64(values, tensor.Output.DType, encoded);
+            Finite = Finite && executor.Finite(values, tensor.Output.DType, encoded);
         }
 
         public void Flush(long start, int count)
@@ -408,8 +411,9 @@ public sealed unsafe class ShardExecutor
                     int m = Math.Min(_block, n - b);
                     var values = _groups[0].AsSpan(0, m);
                     DTypeConvert.ToFloat64(from, raw.Slice(b * from.Size(), m * from.Size()), values);
-                    DTypeConvert.FromFloat64(values, to, output.Slice(b * to.Size(), m * to.Size()));
-                    finite = finite && Finite(values, to);
+                    var encoded = output.Slice(b * to.Size(), m * to.Size());
+                    DTypeConvert.FromFloat64(values, to, encoded);
+                    finite = finite && Finite(values, to, encoded);
                 }
                 OutputTarget.WriteAll(_out, targets, start * to.Size(), output.Length);
             }
@@ -419,8 +423,9 @@ public sealed unsafe class ShardExecutor
         if (!finite) NonFinite!(tensor);
     }
 
-    /// <summary>Whether a block of results rounds to finite values; always true when nobody asked (<see cref="NonFinite"/> is null).</summary>
-    private bool Finite(ReadOnlySpan<double> results, DType output) => NonFinite is null || DTypeConvert.RoundsFinite(results, output);
+    /// <summary>Whether a block of results, encoded as <paramref name="encoded"/>, rounds to finite values; always true when nobody asked (<see cref="NonFinite"/> is null).</summary>
+    private bool Finite(ReadOnlySpan<double> results, DType output, ReadOnlySpan<byte> encoded) =>
+        NonFinite is null || DTypeConvert.EncodedFinite(results, output, encoded);
 
     private void ReadDoubles(Stream stream, Span<double> destination)
     {
