@@ -28,7 +28,7 @@ public static class ProgressDisplay
                     while (!running.IsCompleted)
                     {
                         await Task.WhenAny(running, Task.Delay(200, CancellationToken.None));
-                        if (progress.Stage == MergeStage.Hashing || hashing is not null)
+                        if (progress.Hashing.Total > 0)
                         {
                             var (done, total) = progress.Hashing;
                             hashing ??= ctx.AddTaskBefore("hashing inputs", new ProgressTaskSettings { MaxValue = Math.Max(total, 1) }, task);

@@ -7,7 +7,13 @@ namespace MergeCluster.Safetensors;
 public static class ModelHashes
 {
     /// <summary>AutoV2: sha256 of the whole file, first 10 hex digits.</summary>
-    public static string AutoV2(string path, CancellationToken ct = default, Action<long>? progress = null) => FullSha256(path, ct, progress)[..10];
+    public static string AutoV2(string path, CancellationToken ct = default, Action<long>? progress = null) => FullSha256(path, ct, progress)[..AutoV2Length];
+
+    /// <summary>AutoV2 of a file whose sha256 is <paramref name="sha256"/>.</summary>
+    public static string AutoV2(byte[] sha256) => Convert.ToHexStringLower(sha256)[..AutoV2Length];
+
+    /// <summary>Hex digits in an AutoV2 hash, whatever the file.</summary>
+    public const int AutoV2Length = 10;
 
     /// <summary>
     /// sha256 of the whole file, 64 lower-case hex digits. Reads 1 MiB at a time, checking <paramref name="ct"/> and

@@ -19,6 +19,36 @@ public static unsafe partial class PageCache
     public const int PopulateRead = 22;
 
     private const int EFault = 14;
+    private const int FadviseWillNeed = 3; // POSIX_FADV_WILLNEED
+
+    [LibraryImport("libc", EntryPoint = "mincore", SetLastError = true)]
+    private static partial int MinCore(void* address, nuint length, byte* vector);
+
+    /// <summary>
+    /// Whether the page holding byte <paramref name="offset"/> of a file mapping is in the page cache (mincore); true
+    /// where that cannot be told.
+    /// </summary>
+    public static bool Cached(byte* mapping, long offset)
+    {
+        if (mapping == null || !OperatingSystem.IsLinux()) return true;
+        nint page = Environment.SystemPageSize;
+        byte* start = (byte*)((nint)(mapping + offset) & ~(page - 1));
+        byte resident;
+        return MinCore(start, (nuint)page, &resident) != 0 || (resident & 1) != 0;
+    }
+
+    [LibraryImport("libc", EntryPoint = "posix_fadvise")]
+    private static partial int PosixFadvise(SafeHandle fd, long offset, long length, int advice);
+
+    /// <summary>
+    /// Starts reading [offset, offset + length) of an open file into the page cache and returns (POSIX_FADV_WILLNEED).
+    /// Unlike MADV_WILLNEED on a mapping of it, which measured no faster than no advice at all, this reads the range
+    /// in large pieces.
+    /// </summary>
+    public static void ReadAhead(Microsoft.Win32.SafeHandles.SafeFileHandle file, long offset, long length)
+    {
+        if (length > 0 && OperatingSystem.IsLinux()) PosixFadvise(file, offset, length, FadviseWillNeed);
+    }
 
     [LibraryImport("libc", EntryPoint = "madvise", SetLastError = true)]
     private static partial int MAdvise(void* address, nuint length, int advice);

@@ -146,6 +146,17 @@ public sealed class SafetensorsWriter : IDisposable
         return Layout.FileOffset(tensor) + offsetInTensor;
     }
 
+    /// <summary>
+    /// Writes the header of <paramref name="layout"/> over the one written at creation: a layout that differs only in
+    /// metadata values of the same length (hashes known only once the data is written).
+    /// </summary>
+    public void RewriteHeader(SafetensorsLayout layout)
+    {
+        if (layout.DataStart != Layout.DataStart || layout.TotalLength != Layout.TotalLength)
+            throw new InvalidOperationException($"{TempPath}: a header of {layout.DataStart} bytes cannot replace one of {Layout.DataStart}");
+        RandomAccess.Write(Handle, layout.HeaderBytes, 0);
+    }
+
     /// <summary>The open temporary file, for hints such as write-back (never for writes that bypass <see cref="Write"/>).</summary>
     public SafeFileHandle Handle => _handle ?? throw new ObjectDisposedException(nameof(SafetensorsWriter));
 

@@ -25,6 +25,11 @@ public static class MergeCommand
         var unverified = new Option<bool>("--unverified") { Description = "With --from-metadata: replay a file that records no input hashes (merged with --no-hash), which cannot be checked" };
         var shardMb = new Option<int>("--shard-mb") { Description = "Most input megabytes per shard (does not change the output)", DefaultValueFactory = _ => 256 };
         var noHash = new Option<bool>("--no-hash") { Description = "Do not hash inputs into the output metadata (the merge can then not be verified on replay)" };
+        var hashing = new Option<InputHashing>("--hashing")
+        {
+            Description = "When inputs missing from the hash cache are hashed: first (a pass before the merge), or along (from the merge's own reads, so each input is read once: for inputs on a slow disk)",
+            DefaultValueFactory = _ => InputHashing.First,
+        };
         var nonFinite = new Option<NonFinitePolicy>("--nonfinite")
         {
             Description = "An output tensor with NaN or infinite values: warn (name it and the inputs it came from), error (write nothing), keep (say nothing)",
@@ -34,7 +39,7 @@ public static class MergeCommand
 
         var command = new Command("merge", "Merge checkpoints component by component as a recipe says, exactly (float64 sums, rounded once)")
         {
-            recipeArg, output, threads, dryRun, fromMetadata, modelsDir, unverified, shardMb, noHash, nonFinite, dtype,
+            recipeArg, output, threads, dryRun, fromMetadata, modelsDir, unverified, shardMb, noHash, hashing, nonFinite, dtype,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -66,6 +71,7 @@ public static class MergeCommand
                 OutputPath = outPath,
                 ShardBytes = maxShard,
                 HashInputs = !parse.GetValue(noHash),
+                Hashing = parse.GetValue(hashing),
                 Plan = plan,
                 DType = outDType,
                 NonFinite = parse.GetValue(nonFinite),

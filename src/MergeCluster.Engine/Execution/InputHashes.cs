@@ -32,33 +32,58 @@ public static class InputHashes
     /// </summary>
     public static IReadOnlyDictionary<string, string> Compute(IEnumerable<MergeInput> inputs, int threads, CancellationToken ct = default, MergeProgress? progress = null)
     {
-        var cache = Load();
-        var files = inputs.Where(i => i.Length > 0).GroupBy(i => i.Identity).Select(g => (Input: g.First(), Id: Identity(g.First().Path), Names: g.Select(i => i.Name).ToList())).ToList();
-        var result = new ConcurrentDictionary<string, string>(StringComparer.Ordinal);
+        var (known, pending) = Lookup(inputs);
+        return Compute(known, pending, threads, ct, progress);
+    }
+
+    /// <summary>As above, for the files <see cref="Lookup"/> found uncached.</summary>
+    internal static IReadOnlyDictionary<string, string> Compute(Dictionary<string, string> known, List<UnhashedFile> pending, int threads, CancellationToken ct, MergeProgress? progress)
+    {
+        if (pending.Count == 0) return known;
+        var result = new ConcurrentDictionary<string, string>(known, StringComparer.Ordinal);
         var fresh = new ConcurrentDictionary<string, string>(StringComparer.Ordinal);
-        var pending = new List<(MergeInput Input, string Id, List<string> Names)>();
-        foreach (var file in files)
-        {
-            if (cache.TryGetValue(file.Id, out string? hash)) foreach (string name in file.Names) result[name] = hash;
-            else pending.Add(file);
-        }
-        if (pending.Count == 0) return result;
         progress?.StartHashing(pending.Sum(f => f.Input.Length));
         try
         {
             Parallel.ForEach(pending, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads), CancellationToken = ct }, file =>
             {
                 string hash = ModelHashes.AutoV2(file.Input.Path, ct, progress is null ? null : progress.Hashed);
-                fresh[file.Id] = hash;
+                fresh[file.CacheKey] = hash;
                 foreach (string name in file.Names) result[name] = hash;
             });
         }
         finally
         {
             // Files hashed before a cancel are kept: the next run need not read them again.
-            if (!fresh.IsEmpty) Save(fresh);
+            Remember(fresh);
         }
         return result;
+    }
+
+    /// <summary>
+    /// The cached hashes of the read inputs by model name, and the files (one per file identity, with every model
+    /// name it has) whose hash is not cached.
+    /// </summary>
+    internal static (Dictionary<string, string> Known, List<UnhashedFile> Pending) Lookup(IEnumerable<MergeInput> inputs)
+    {
+        var cache = Load();
+        var known = new Dictionary<string, string>(StringComparer.Ordinal);
+        var pending = new List<UnhashedFile>();
+        foreach (var group in inputs.Where(i => i.Length > 0).GroupBy(i => i.Identity))
+        {
+            var first = group.First();
+            string key = Identity(first.Path);
+            var names = group.Select(i => i.Name).ToList();
+            if (cache.TryGetValue(key, out string? hash)) foreach (string name in names) known[name] = hash;
+            else pending.Add(new UnhashedFile(first, key, names));
+        }
+        return (known, pending);
+    }
+
+    /// <summary>Adds hashes (by cache key) to the cache.</summary>
+    internal static void Remember(IReadOnlyCollection<KeyValuePair<string, string>> entries)
+    {
+        if (entries.Count > 0) Save(entries);
     }
 
     private static string Identity(string path)
@@ -86,6 +111,9 @@ public static class InputHashes
         catch (UnauthorizedAccessException) { }
         return map;
     }
+
+    /// <summary>An input file whose hash is not cached: the first input naming it, its cache key, and every model name it has.</summary>
+    internal sealed record UnhashedFile(MergeInput Input, string CacheKey, IReadOnlyList<string> Names);
 
     private static void Save(IEnumerable<KeyValuePair<string, string>> entries)
     {

@@ -27,7 +27,7 @@ public sealed class JobRun : IShardedRun
     {
         _job = job;
         _progress = progress;
-        _inputs = new InputSet(job.Plan);
+        _inputs = new InputSet(job.Plan, job.Hashes);
         try
         {
             _output = SafetensorsWriter.OpenExisting(job.Plan.OutputPath, job.Files.TempOutput, job.Files.TempIdentity, job.Plan.Layout);

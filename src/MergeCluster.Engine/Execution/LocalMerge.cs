@@ -16,6 +16,8 @@ public sealed record LocalMergeOptions
     /// <summary>Output dtype overriding the recipe's.</summary>
     public DType? DType { get; init; }
     public bool HashInputs { get; init; } = true;
+    /// <summary>When the inputs the hash cache lacks are hashed.</summary>
+    public InputHashing Hashing { get; init; } = InputHashing.First;
     public TaskShape Shape { get; init; } = TaskShape.Fused;
     public NonFinitePolicy NonFinite { get; init; } = NonFinitePolicy.Warn;
     /// <summary>Told of each output tensor with NaN or infinite values, after the output is written (policy warn).</summary>
@@ -43,6 +45,7 @@ public static class LocalMerge
             ShardBytes = ShardBytesFor(inputBytes, options.Threads, options.ShardBytes),
             Output = options.OutputPath,
             HashInputs = options.HashInputs,
+            Hashing = options.Hashing,
             DType = options.DType?.Name(),
             NonFinite = options.NonFinite,
         };

@@ -42,6 +42,20 @@ public sealed record NonFiniteTensor(string Key, IReadOnlyList<string> Inputs, D
         : $"model{(Inputs.Count > 1 ? "s" : "")} {string.Join(", ", Inputs.Select(i => $"'{i}'"))} hold{(Inputs.Count > 1 ? "" : "s")} such values there";
 }
 
+/// <summary>When an embedded merge hashes the inputs its hash cache lacks.</summary>
+/// <remarks>
+/// First is the default because it measured faster on every run here, inputs larger than memory included (2 cores,
+/// where the merge is CPU-bound and a second read costs the disk rather than the CPU); along saves the second read
+/// where the disk is the bottleneck. docs/performance.md has the figures.
+/// </remarks>
+public enum InputHashing
+{
+    /// <summary>In a pass before the merge, which also brings the inputs into the page cache for it.</summary>
+    First,
+    /// <summary>From the merge's own reads (<see cref="HashFollower"/>), so that each input is read once.</summary>
+    Along,
+}
+
 /// <summary>Per-job settings that do not change the output's bits.</summary>
 public sealed record MergeJobOptions
 {
@@ -51,6 +65,8 @@ public sealed record MergeJobOptions
     public string? Output { get; init; }
     /// <summary>Record input hashes in the output metadata (needed for replay checks).</summary>
     public bool HashInputs { get; init; } = true;
+    /// <summary>When an embedded job hashes its inputs; a cluster job always hashes first.</summary>
+    public InputHashing Hashing { get; init; } = InputHashing.First;
     /// <summary>Output dtype overriding the recipe's (f16, bf16, f32, f64); a `.mecha` recipe names none.</summary>
     public string? DType { get; init; }
     public NonFinitePolicy NonFinite { get; init; } = NonFinitePolicy.Warn;
@@ -99,6 +115,9 @@ public sealed class MergeJob : IShardedJob
     // The embedded merge's temporary output, kept open and locked by this process from creation to rename, so that a
     // later run sweeping the directory knows it for a live run's. A cluster job's file is closed at once: it outlives this process.
     private SafetensorsWriter? _created;
+    // The embedded merge's input hashes not cached, taken from its own reads and written into the header at assembly.
+    private HashFollower? _hashes;
+    private int _threads = 1;
 
     private MergeJob(MergePlan plan, MergeJobOptions options, TaskShape shape, MergeJobFiles files)
     {
@@ -110,7 +129,8 @@ public sealed class MergeJob : IShardedJob
         Digest = DigestOf(plan, shape);
     }
 
-    public MergePlan Plan { get; }
+    /// <summary>The plan; an embedded job's header holds placeholder hashes until <see cref="Assemble"/> (see <see cref="HashFollower"/>).</summary>
+    public MergePlan Plan { get; private set; }
     public MergeJobOptions Options { get; }
     /// <summary>The resolved shape (never <see cref="TaskShape.Auto"/>).</summary>
     public TaskShape Shape { get; }
@@ -129,9 +149,12 @@ public sealed class MergeJob : IShardedJob
     /// </summary>
     public string Digest { get; }
 
+    internal HashFollower? Hashes => _hashes;
+
     /// <summary>
     /// Plans a job (every input header checked first; an output that is an input by file identity refused), hashes its
-    /// inputs (cancellable, reported to <paramref name="progress"/>) and preallocates its output exclusively under a
+    /// inputs (cancellable, reported to <paramref name="progress"/>; an embedded job's follow its reads instead, see
+    /// <see cref="HashFollower"/>) and preallocates its output exclusively under a
     /// random name. <paramref name="heldModels"/> are the model file names each silo holds, which decide an
     /// <see cref="TaskShape.Auto"/> shape. <paramref name="clusterJob"/>: the cluster's id of the job, whose temporary
     /// output is named after it and outlives this process; without it this process owns the job from creation to
@@ -148,14 +171,26 @@ public sealed class MergeJob : IShardedJob
             && (planOptions.OutputDType is null || planOptions.OutputDType == known.Recipe.Output.DType)
             ? Planner.Reshard(known, options.ShardBytes)
             : Planner.Create(recipe, planOptions);
+        HashFollower? hashes = null;
         if (options.HashInputs)
-            plan = Planner.WithInputHashes(plan, InputHashes.Compute(plan.Inputs, Math.Max(1, environment.Threads), ct, progress), options.ShardBytes);
-        ct.ThrowIfCancellationRequested();
-        var shape = options.Shape == TaskShape.Auto ? ShapeFor(plan, heldModels) : options.Shape;
-        SafetensorsWriter? writer = SafetensorsWriter.Create(plan.OutputPath, plan.Layout, clusterJob);
+        {
+            var (cached, pending) = InputHashes.Lookup(plan.Inputs);
+            // Only a job this process runs whole can hash along its reads: a cluster's silos check their inputs
+            // against the hashes in the header before they run a task.
+            if (clusterJob is null && pending.Count > 0 && options.Hashing == InputHashing.Along)
+            {
+                hashes = new HashFollower(plan, cached, pending, progress, ct);
+                plan = Planner.WithInputHashes(plan, hashes.Placeholders, options.ShardBytes);
+            }
+            else plan = Planner.WithInputHashes(plan, InputHashes.Compute(cached, pending, Math.Max(1, environment.Threads), ct, progress), options.ShardBytes);
+        }
+        SafetensorsWriter? writer = null;
         string? scratch = null;
         try
         {
+            ct.ThrowIfCancellationRequested();
+            var shape = options.Shape == TaskShape.Auto ? ShapeFor(plan, heldModels) : options.Shape;
+            writer = SafetensorsWriter.Create(plan.OutputPath, plan.Layout, clusterJob);
             if (shape == TaskShape.Tree)
             {
                 scratch = writer.TempPath[..^".tmp".Length] + ".scratch";
@@ -167,10 +202,11 @@ public sealed class MergeJob : IShardedJob
                 writer.Detach();
                 writer = null;
             }
-            return new MergeJob(plan, options, shape, files) { _created = writer };
+            return new MergeJob(plan, options, shape, files) { _created = writer, _hashes = hashes, _threads = Math.Max(1, environment.Threads) };
         }
         catch
         {
+            hashes?.Dispose();
             writer?.Dispose();
             if (scratch is not null) DeleteScratch(scratch);
             throw;
@@ -227,6 +263,11 @@ public sealed class MergeJob : IShardedJob
         string temp = Files.TempOutput;
         if (_created is { } writer)
         {
+            if (_hashes is { } hashes)
+            {
+                Plan = Planner.WithInputHashes(Plan, hashes.Finish(_threads), Options.ShardBytes);
+                writer.RewriteHeader(Plan.Layout);
+            }
             Verify(writer.Handle);
             writer.Commit();
             writer.Dispose();
@@ -278,6 +319,8 @@ public sealed class MergeJob : IShardedJob
     /// <summary>An embedded job's temporary output goes with it unless it was assembled; a cluster job's stays for its cleanup.</summary>
     public void Dispose()
     {
+        _hashes?.Dispose();
+        _hashes = null;
         _created?.Dispose();
         _created = null;
     }
