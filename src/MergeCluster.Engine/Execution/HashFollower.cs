@@ -138,12 +138,7 @@ internal sealed class HashFollower : IDisposable
             Input = file.Input;
             CacheKey = file.CacheKey;
             Names = file.Names;
-            _handle = RegularFile.OpenRead(Input.Path);
-            if (RegularFile.Identity(_handle) != Input.Identity)
-            {
-                _handle.Dispose();
-                throw new SafetensorsException(SafetensorsError.Io, Input.Path, null, "is another file than when the merge was planned (replaced meanwhile?)");
-            }
+            _handle = InputSet.Open(Input);
             // The merge never reads the header, the tensors the recipe leaves out, or gaps between tensors and bytes past
             // the last one (if a writer left any): those are ready from the start.
             var read = new List<(long Start, long End)>();

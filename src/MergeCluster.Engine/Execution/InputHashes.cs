@@ -80,12 +80,6 @@ public static class InputHashes
         return (known, pending);
     }
 
-    /// <summary>Adds hashes (by cache key) to the cache.</summary>
-    internal static void Remember(IReadOnlyCollection<KeyValuePair<string, string>> entries)
-    {
-        if (entries.Count > 0) Save(entries);
-    }
-
     private static string Identity(string path)
     {
         var info = new FileInfo(path);
@@ -115,8 +109,10 @@ public static class InputHashes
     /// <summary>An input file whose hash is not cached: the first input naming it, its cache key, and every model name it has.</summary>
     internal sealed record UnhashedFile(MergeInput Input, string CacheKey, IReadOnlyList<string> Names);
 
-    private static void Save(IEnumerable<KeyValuePair<string, string>> entries)
+    /// <summary>Adds hashes (by cache key) to the cache.</summary>
+    internal static void Remember(IReadOnlyCollection<KeyValuePair<string, string>> entries)
     {
+        if (entries.Count == 0) return;
         // The cache is an optimisation: failing to write it must never fail a merge.
         try
         {

@@ -49,12 +49,8 @@ public sealed unsafe class InputSet : IDisposable
             if (input.Length == 0) continue;
             try
             {
-                var handle = RegularFile.OpenRead(input.Path);
+                var handle = Open(input);
                 _files[input.Index] = handle;
-                if (RegularFile.Identity(handle) != input.Identity)
-                    throw new SafetensorsException(SafetensorsError.Io, input.Path, null, "is another file than when the merge was planned (replaced meanwhile?)");
-                if (RandomAccess.GetLength(handle) != input.Length)
-                    throw new SafetensorsException(SafetensorsError.Io, input.Path, null, "file changed size since it was planned");
                 var map = MemoryMappedFile.CreateFromFile(handle, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: true);
                 _maps[input.Index] = map;
                 var view = map.CreateViewAccessor(0, input.Length, MemoryMappedFileAccess.Read);
@@ -116,6 +112,25 @@ public sealed unsafe class InputSet : IDisposable
     }
 
     private const long LargestFolioBytes = 2 << 20;
+
+    /// <summary>Opens an input for reading, refused unless it is still the file planned, at the length planned.</summary>
+    internal static Microsoft.Win32.SafeHandles.SafeFileHandle Open(MergeInput input)
+    {
+        var handle = RegularFile.OpenRead(input.Path);
+        try
+        {
+            if (RegularFile.Identity(handle) != input.Identity)
+                throw new SafetensorsException(SafetensorsError.Io, input.Path, null, "is another file than when the merge was planned (replaced meanwhile?)");
+            if (RandomAccess.GetLength(handle) != input.Length)
+                throw new SafetensorsException(SafetensorsError.Io, input.Path, null, "file changed size since it was planned");
+            return handle;
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
 
     /// <summary>
     /// Asks the page cache to read the next stretch of an input once a window comes near the end of the last one.

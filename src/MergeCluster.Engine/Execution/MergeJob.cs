@@ -115,8 +115,6 @@ public sealed class MergeJob : IShardedJob
     // The embedded merge's temporary output, kept open and locked by this process from creation to rename, so that a
     // later run sweeping the directory knows it for a live run's. A cluster job's file is closed at once: it outlives this process.
     private SafetensorsWriter? _created;
-    // The embedded merge's input hashes not cached, taken from its own reads and written into the header at assembly.
-    private HashFollower? _hashes;
     private int _threads = 1;
 
     private MergeJob(MergePlan plan, MergeJobOptions options, TaskShape shape, MergeJobFiles files)
@@ -149,7 +147,8 @@ public sealed class MergeJob : IShardedJob
     /// </summary>
     public string Digest { get; }
 
-    internal HashFollower? Hashes => _hashes;
+    /// <summary>The embedded merge's input hashes not cached, taken from its own reads and written into the header at assembly.</summary>
+    internal HashFollower? Hashes { get; private set; }
 
     /// <summary>
     /// Plans a job (every input header checked first; an output that is an input by file identity refused), hashes its
@@ -202,7 +201,7 @@ public sealed class MergeJob : IShardedJob
                 writer.Detach();
                 writer = null;
             }
-            return new MergeJob(plan, options, shape, files) { _created = writer, _hashes = hashes, _threads = Math.Max(1, environment.Threads) };
+            return new MergeJob(plan, options, shape, files) { _created = writer, Hashes = hashes, _threads = Math.Max(1, environment.Threads) };
         }
         catch
         {
@@ -263,7 +262,7 @@ public sealed class MergeJob : IShardedJob
         string temp = Files.TempOutput;
         if (_created is { } writer)
         {
-            if (_hashes is { } hashes)
+            if (Hashes is { } hashes)
             {
                 Plan = Planner.WithInputHashes(Plan, hashes.Finish(_threads), Options.ShardBytes);
                 writer.RewriteHeader(Plan.Layout);
@@ -319,8 +318,8 @@ public sealed class MergeJob : IShardedJob
     /// <summary>An embedded job's temporary output goes with it unless it was assembled; a cluster job's stays for its cleanup.</summary>
     public void Dispose()
     {
-        _hashes?.Dispose();
-        _hashes = null;
+        Hashes?.Dispose();
+        Hashes = null;
         _created?.Dispose();
         _created = null;
     }
