@@ -12,18 +12,19 @@ namespace MergeCluster.Safetensors;
 /// always one this writer created (see <see cref="OutputTemp"/>), never one a symlink leads to.
 /// </summary>
 /// <remarks>
-/// The whole pages of a large <see cref="WriteBehind"/> go to the disk directly (O_DIRECT) when the caller placed its
+/// The whole pages of a large <see cref="OutputBuffer.WriteBehind"/> go to the disk directly (O_DIRECT) when the caller placed its
 /// bytes at an address that agrees with their file offset modulo <see cref="DirectAlignment"/> (<see cref="OutputBuffer"/> does): written
 /// through the page cache, a merge's output cost more system time than all of its arithmetic, for a copy into pages
-/// nobody reads again before the fsync. The partial pages at a write's ends, which it may share with its neighbours,
-/// always go through the page cache, so no page is ever written both ways.
+/// nobody reads again before the fsync. A partial page at a write's end, and a write too small to go directly, are left
+/// to the caller to send with its next write; what is left over at the end (a shard's ends, which it may share with
+/// its neighbours) goes through the page cache. No page is ever written both ways.
 /// </remarks>
 public sealed class SafetensorsWriter : IDisposable
 {
     /// <summary>File offset and memory alignment of the bytes written directly: the page size, which every Linux filesystem with O_DIRECT accepts.</summary>
     public const int DirectAlignment = 4096;
-    /// <summary>Writes shorter than this go through the page cache whole: a direct write waits for the disk.</summary>
-    private const int MinDirectBytes = 64 << 10;
+    /// <summary>Fewer bytes than this are left to the caller to gather with what follows: a direct write waits for the disk.</summary>
+    internal const int MinDirectBytes = 64 << 10;
 
     private SafeFileHandle? _handle;
     private SafeFileHandle? _direct;
@@ -92,30 +93,40 @@ public sealed class SafetensorsWriter : IDisposable
         RandomAccess.Write(Handle, bytes, FileOffset(tensor, offsetInTensor, bytes.Length));
 
     /// <summary>
-    /// Writes bytes at an offset within one tensor as <see cref="Write"/> does, except that when the bytes are placed
-    /// for it (see the remarks) their whole pages go to the disk directly, in the background: the task ends when every
-    /// byte is written, and the bytes must stay as they are until then. The partial pages at the ends are written
-    /// before it returns.
+    /// Writes <paramref name="bytes"/> at file offset <paramref name="offset"/> as <see cref="Write"/> does, except that
+    /// when they are placed for it (see the remarks) their whole pages go to the disk directly, in the background: the
+    /// task ends when every byte is written, and the bytes must stay as they are until then. The partial page at the
+    /// start is written before it returns. The last <paramref name="kept"/> bytes are left to the caller, to write with
+    /// the bytes that follow them or through <see cref="WriteAt"/>: those after the last whole page, or all of them when
+    /// they are too few to go directly. Where nothing can go directly, everything is written at once and none is left.
     /// </summary>
-    public Task WriteBehind(TensorInfo tensor, long offsetInTensor, ReadOnlyMemory<byte> bytes)
+    internal Task WriteBehind(long offset, ReadOnlyMemory<byte> bytes, out int kept)
     {
-        long offset = FileOffset(tensor, offsetInTensor, bytes.Length);
+        kept = 0;
         var span = bytes.Span;
-        if (bytes.Length >= MinDirectBytes && _direct is { } direct && !_directRefused)
+        if (_direct is { } direct && !_directRefused)
         {
+            if (bytes.Length < MinDirectBytes)
+            {
+                kept = bytes.Length;
+                return Task.CompletedTask;
+            }
             int head = (int)(-offset & (DirectAlignment - 1));
             int body = (bytes.Length - head) & -DirectAlignment;
             if (body > 0 && IsPlaced(span[head..]))
             {
                 Debug.Assert((offset + head) % DirectAlignment == 0 && body % DirectAlignment == 0);
                 if (head > 0) RandomAccess.Write(Handle, span[..head], offset);
-                if (head + body < bytes.Length) RandomAccess.Write(Handle, span[(head + body)..], offset + head + body);
+                kept = bytes.Length - head - body;
                 return WriteDirect(direct, bytes.Slice(head, body), offset + head);
             }
         }
         RandomAccess.Write(Handle, span, offset);
         return Task.CompletedTask;
     }
+
+    /// <summary>Writes bytes at a file offset through the page cache (the partial pages an <see cref="OutputBuffer"/> kept back).</summary>
+    internal void WriteAt(long offset, ReadOnlySpan<byte> bytes) => RandomAccess.Write(Handle, bytes, offset);
 
     /// <summary>Whether whole pages of writes go to the disk directly (false where the filesystem refused O_DIRECT).</summary>
     public bool WritesDirect => _direct is not null && !_directRefused;
@@ -139,7 +150,7 @@ public sealed class SafetensorsWriter : IDisposable
         fixed (byte* p = pages) return ((nint)p & (DirectAlignment - 1)) == 0;
     }
 
-    private long FileOffset(TensorInfo tensor, long offsetInTensor, int length)
+    internal long FileOffset(TensorInfo tensor, long offsetInTensor, int length)
     {
         if (offsetInTensor < 0 || offsetInTensor + length > tensor.ByteLength)
             throw new ArgumentOutOfRangeException(nameof(offsetInTensor), $"write past the end of '{tensor.Key}'");
