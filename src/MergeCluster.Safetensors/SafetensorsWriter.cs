@@ -90,7 +90,7 @@ public sealed class SafetensorsWriter : IDisposable
 
     /// <summary>Writes bytes at an offset within one tensor, through the page cache; thread-safe (positional writes).</summary>
     public void Write(TensorInfo tensor, long offsetInTensor, ReadOnlySpan<byte> bytes) =>
-        RandomAccess.Write(Handle, bytes, FileOffset(tensor, offsetInTensor, bytes.Length));
+        WriteAt(FileOffset(tensor, offsetInTensor, bytes.Length), bytes);
 
     /// <summary>
     /// Writes <paramref name="bytes"/> at file offset <paramref name="offset"/> as <see cref="Write"/> does, except that

@@ -3,7 +3,7 @@ using static MergeCluster.Safetensors.Tests.SafetensorsFiles;
 namespace MergeCluster.Safetensors.Tests;
 
 /// <summary>
-/// The writer's direct path (<see cref="SafetensorsWriter.WriteBehind"/> from an <see cref="OutputBuffer"/>), observed through the page cache: a page written with O_DIRECT is not resident afterwards,
+/// The writer's direct path (<see cref="OutputBuffer.WriteBehind"/>), observed through the page cache: a page written with O_DIRECT is not resident afterwards,
 /// one written through the page cache is (nothing evicts it between the write and the check).
 /// </summary>
 public partial class PageCacheTests
